@@ -1,0 +1,211 @@
+"""HLS Burn Scars (NASA IMPACT / IBM, CC-BY-4.0): 512x512 HLS chips with MTBS burn-scar masks.
+
+Layout under ``root_path``::
+
+    training/subsetted_512x512_HLS.S30.T10SEH.2018190.v1.4_merged.tif   6 bands, float reflectance
+    training/subsetted_512x512_HLS.S30.T10SEH.2018190.v1.4.mask.tif     int16: 1 burn, 0 not, -1 nodata
+    validation/...
+
+Splits follow PANGAEA: train/val = ``training/`` split 90/10 with a fixed seed, test = ``validation/``.
+"""
+
+from __future__ import annotations
+
+import logging
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import rasterio
+import torch
+from torch.utils.data import Dataset
+
+from benchmark.data.bands import canonical_band_dict
+from benchmark.download import DownloadError, download_file
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIX = "_merged.tif"
+MASK_SUFFIX = ".mask.tif"
+IMAGE_NODATA = -9999.0
+SPLIT_FOLDERS = {"train": "training", "val": "training", "test": "validation"}
+
+
+class DatasetFilesError(FileNotFoundError):
+    """The dataset folder is missing, incomplete or inconsistent."""
+
+
+def pair_scenes(folder: Path) -> list[tuple[str, Path, Path]]:
+    """``(stem, image, mask)`` for every scene in ``folder``, paired by scene stem.
+
+    Raises :class:`DatasetFilesError` naming any image without its mask or mask without its image.
+    """
+    images = {p.name[: -len(IMAGE_SUFFIX)]: p for p in folder.glob(f"*{IMAGE_SUFFIX}")}
+    masks = {p.name[: -len(MASK_SUFFIX)]: p for p in folder.glob(f"*{MASK_SUFFIX}")}
+    lonely_images = sorted(set(images) - set(masks))
+    lonely_masks = sorted(set(masks) - set(images))
+    if lonely_images or lonely_masks:
+        problems = [f"image {images[s].name} has no mask {s}{MASK_SUFFIX}" for s in lonely_images]
+        problems += [f"mask {masks[s].name} has no image {s}{IMAGE_SUFFIX}" for s in lonely_masks]
+        raise DatasetFilesError(
+            f"Unpaired files in {folder}: " + "; ".join(problems[:5])
+            + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else "")
+            + ". Every scene needs both <stem>_merged.tif and <stem>.mask.tif: restore the missing "
+            "files or remove the unpaired ones."
+        )
+    if not images:
+        raise DatasetFilesError(f"{folder} holds no *{IMAGE_SUFFIX} files")
+    return [(stem, images[stem], masks[stem]) for stem in sorted(images)]
+
+
+def split_train_val(stems: Sequence[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Deterministic train/val split of sorted ``stems`` (independent of file-system order)."""
+    stems = sorted(stems)
+    order = np.random.RandomState(seed).permutation(len(stems))
+    n_val = max(1, int(round(len(stems) * val_fraction)))
+    val = sorted(stems[i] for i in order[:n_val])
+    train = sorted(stems[i] for i in order[n_val:])
+    return train, val
+
+
+def extract_archive(archive: Path, root: Path) -> None:
+    """Extract a .tar.gz so that ``root/training`` and ``root/validation`` exist.
+
+    The archive may hold the two folders at its top or inside one wrapping folder.
+    """
+    with tempfile.TemporaryDirectory(dir=root.parent, prefix=f".{root.name}-") as tmp:
+        with tarfile.open(archive) as tar:
+            # the "data" filter refuses absolute paths and links out of the folder (where available)
+            safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+            tar.extractall(tmp, **safe)
+        found = next((p.parent for p in Path(tmp).rglob("training") if p.is_dir()), None)
+        if found is None or not (found / "validation").is_dir():
+            raise DatasetFilesError(f"{archive} holds no training/ and validation/ folders")
+        root.mkdir(parents=True, exist_ok=True)
+        for name in ("training", "validation"):
+            (found / name).rename(root / name)
+
+
+class HLSBurnScars(Dataset):
+    """HLS Burn Scars segmentation dataset.
+
+    Each sample is ``{"image": {"optical": float32 (6, 1, H, W)}, "target": int64 (H, W),
+    "meta": {"stem": str, "index": int}}``. Image nodata (-9999) is replaced by the band mean and the
+    pixel is marked ignored in the target.
+
+    Args:
+        root_path: folder holding ``training/`` and ``validation/``.
+        split: ``train``, ``val`` or ``test``.
+        bands: ``{"optical": [six band names]}`` in file order.
+        data_mean / data_std: per-band statistics ``{"optical": [...]}`` (reflectance units).
+        ignore_index: target value of ignored pixels.
+        num_classes, classes: label description.
+        download_url: archive fetched when ``root_path`` is missing and ``auto_download`` is set.
+        val_fraction, split_seed: the train/val split of ``training/``.
+        Other keys of the PANGAEA config (``dataset_name``, ``img_size``, ``multi_temporal``,
+        ``multi_modal``, ``distribution``) are accepted and kept as attributes.
+    """
+
+    def __init__(
+        self,
+        root_path: str,
+        split: str,
+        bands: Mapping[str, Sequence[str]],
+        data_mean: Mapping[str, Sequence[float]],
+        data_std: Mapping[str, Sequence[float]],
+        ignore_index: int = -1,
+        num_classes: int = 2,
+        classes: Sequence[str] = ("Not burned", "Burn scar"),
+        download_url: str | None = None,
+        auto_download: bool = True,
+        val_fraction: float = 0.1,
+        split_seed: int = 0,
+        dataset_name: str = "HLSBurnScars",
+        img_size: int = 512,
+        multi_temporal: bool | int = False,
+        multi_modal: bool = False,
+        distribution: Sequence[float] | None = None,
+    ) -> None:
+        if split not in SPLIT_FOLDERS:
+            raise ValueError(f"split must be train, val or test, got {split!r}")
+        self.root_path = Path(root_path)
+        self.split = split
+        self.bands = canonical_band_dict(bands)
+        self.data_mean = {k: [float(v) for v in vs] for k, vs in data_mean.items()}
+        self.data_std = {k: [float(v) for v in vs] for k, vs in data_std.items()}
+        self.ignore_index = int(ignore_index)
+        self.num_classes = int(num_classes)
+        self.classes = list(classes)
+        self.dataset_name = dataset_name
+        self.img_size = int(img_size)
+        self.multi_temporal = multi_temporal
+        self.multi_modal = multi_modal
+        self.distribution = list(distribution) if distribution is not None else None
+        self.download_url = download_url
+        if len(self.classes) != self.num_classes:
+            raise ValueError(f"{len(self.classes)} class names for num_classes={self.num_classes}")
+        self.ensure_files(auto_download)
+        scenes = pair_scenes(self.root_path / SPLIT_FOLDERS[split])
+        if split != "test":
+            train, val = split_train_val([s for s, _, _ in scenes], val_fraction, split_seed)
+            keep = set(train if split == "train" else val)
+            scenes = [scene for scene in scenes if scene[0] in keep]
+        self.scenes = scenes
+
+    def folders_present(self) -> bool:
+        return all((self.root_path / name).is_dir() for name in ("training", "validation"))
+
+    def ensure_files(self, auto_download: bool) -> None:
+        """Make sure ``root_path`` holds the data, downloading the archive if allowed."""
+        if self.folders_present():
+            return
+        where = (
+            f"Put the extracted archive there (folders {self.root_path}/training and "
+            f"{self.root_path}/validation), or set dataset.root_path=<folder that has them>."
+        )
+        if not auto_download or not self.download_url:
+            raise DatasetFilesError(f"HLS Burn Scars not found under {self.root_path}. {where}")
+        archive = self.root_path.parent / Path(self.download_url.split("?")[0]).name
+        log.info("HLS Burn Scars not found in %s: downloading %s", self.root_path, self.download_url)
+        try:
+            download_file(self.download_url, archive)
+        except DownloadError as error:
+            raise DatasetFilesError(
+                f"HLS Burn Scars not found under {self.root_path} and the download failed ({error}). "
+                f"Download {self.download_url} on a machine with internet access and extract it. {where}"
+            ) from error
+        extract_archive(archive, self.root_path)
+        archive.unlink()
+
+    def __len__(self) -> int:
+        return len(self.scenes)
+
+    def read_scene(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Raw ``(image float32 (C, H, W), mask int16 (H, W))`` of one scene from its GeoTIFFs."""
+        stem, image_path, mask_path = self.scenes[index]
+        with rasterio.open(image_path) as src:
+            image = src.read().astype(np.float32, copy=False)
+        with rasterio.open(mask_path) as src:
+            mask = src.read(1)
+        n_bands = len(self.bands["optical"])
+        if image.shape[0] != n_bands:
+            raise DatasetFilesError(f"{image_path} has {image.shape[0]} bands; the config lists {n_bands}")
+        if image.shape[1:] != mask.shape:
+            raise DatasetFilesError(f"{image_path} is {image.shape[1:]} but its mask is {mask.shape}")
+        return image, mask
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image, mask = self.read_scene(index)
+        target = mask.astype(np.int64)
+        nodata = image == IMAGE_NODATA
+        if nodata.any():
+            means = np.asarray(self.data_mean["optical"], dtype=np.float32)[:, None, None]
+            image = np.where(nodata, means, image)
+            target[nodata.any(axis=0)] = self.ignore_index
+        return {
+            "image": {"optical": torch.from_numpy(np.ascontiguousarray(image)).unsqueeze(1)},
+            "target": torch.from_numpy(target),
+            "meta": {"stem": self.scenes[index][0], "index": index},
+        }

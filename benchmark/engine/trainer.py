@@ -1,0 +1,235 @@
+"""Training loop: DDP, bf16 autocast on CUDA, per-iteration LR schedule, evaluation, checkpoints, resume."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from benchmark.distributed import DistContext, all_reduce_max
+from benchmark.engine.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from benchmark.engine.evaluator import Evaluator, autocast_context
+from benchmark.models.segmentor import Segmentor
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss or the gradients became NaN or infinite."""
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` means bf16 on CUDA and fp32 on CPU."""
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"task.trainer.precision must be auto, fp32 or bf16, got {precision!r}")
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak CUDA memory allocated, or the process's peak resident set size on CPU, in MiB."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def wrap_for_ddp(model: Segmentor, ctx: DistContext) -> Callable[[dict[str, torch.Tensor], tuple[int, int]], torch.Tensor]:
+    """The training forward: DDP over the trainable part only (the decoder, when the encoder is frozen)."""
+    if not ctx.distributed:
+        return model
+    device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    if model.encoder_trains:
+        return DistributedDataParallel(model, device_ids=device_ids)
+    decoder = DistributedDataParallel(model.decoder, device_ids=device_ids)
+    return lambda image, output_size: decoder(model.encode(image), output_size)
+
+
+class Trainer:
+    """Fits a :class:`Segmentor`, evaluating every ``eval_interval`` epochs and keeping the best.
+
+    Args:
+        model: the segmentor (already on ``ctx.device``; SyncBatchNorm conversion done by the caller).
+        criterion: loss on (logits (B, K, H, W), target (B, H, W)).
+        optimizer, scheduler: the scheduler is stepped every iteration.
+        train_loader: yields preprocessed training batches; its sampler has ``set_epoch``.
+        evaluator: validation evaluator.
+        run_dir: the run directory (``checkpoints/``, ``metrics.jsonl`` live there).
+        n_epochs, eval_interval, log_interval, ckpt_interval: in epochs / iterations (log).
+        grad_clip: max gradient norm, or None.
+        precision: ``auto``, ``fp32`` or ``bf16``.
+        best_metric_key: validation metric to maximise.
+        use_wandb: log to Weights & Biases (rank 0; honours ``WANDB_MODE=offline``).
+    """
+
+    def __init__(
+        self,
+        model: Segmentor,
+        criterion: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        train_loader: DataLoader,
+        evaluator: Evaluator,
+        ctx: DistContext,
+        run_dir: Path,
+        n_epochs: int,
+        eval_interval: int = 1,
+        log_interval: int = 10,
+        ckpt_interval: int | None = None,
+        grad_clip: float | None = None,
+        precision: str = "auto",
+        best_metric_key: str = "mIoU",
+        use_wandb: bool = False,
+        wandb_run: Any = None,
+    ) -> None:
+        self.model = model
+        self.criterion = criterion
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.train_loader = train_loader
+        self.evaluator = evaluator
+        self.ctx = ctx
+        self.run_dir = Path(run_dir)
+        self.n_epochs = int(n_epochs)
+        self.eval_interval = max(1, int(eval_interval))
+        self.log_interval = max(1, int(log_interval))
+        self.ckpt_interval = int(ckpt_interval) if ckpt_interval else None
+        self.grad_clip = grad_clip
+        self.precision = resolve_precision(precision, ctx.device)
+        self.best_metric_key = best_metric_key
+        self.wandb_run = wandb_run if (use_wandb and ctx.is_main) else None
+        self.forward = wrap_for_ddp(model, ctx)
+        self.trainable = [p for p in model.parameters() if p.requires_grad]
+        self.start_epoch = 0
+        self.best_metric = -math.inf
+        self.best_epoch = -1
+        self.best_val_metrics: dict[str, Any] = {}
+        self.train_images = 0
+        self.train_seconds = 0.0
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    def state(self, epoch: int) -> dict[str, Any]:
+        return {
+            "model": self.model.trainable_state_dict(),
+            "mode": self.model.mode,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": epoch,
+            "best_metric": self.best_metric,
+            "best_epoch": self.best_epoch,
+            "best_val_metrics": self.best_val_metrics,
+            "train_images": self.train_images,
+            "train_seconds": self.train_seconds,
+            "rng": rng_state(),
+        }
+
+    def resume(self, path: Path) -> None:
+        """Continue from a ``last.pt`` checkpoint: weights, optimizer, schedule, counters and RNG."""
+        state = load_checkpoint(path)
+        self.model.load_trainable_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.start_epoch = state["epoch"] + 1
+        self.best_metric = state["best_metric"]
+        self.best_epoch = state["best_epoch"]
+        self.best_val_metrics = state["best_val_metrics"]
+        self.train_images = state["train_images"]
+        self.train_seconds = state["train_seconds"]
+        restore_rng_state(state["rng"])
+        if self.ctx.is_main:
+            self._truncate_metrics_log(state["epoch"])
+        log.info("Resumed from %s after epoch %d", path, state["epoch"] + 1)
+
+    def _truncate_metrics_log(self, last_epoch: int) -> None:
+        """Drop metric lines written after the checkpoint (the epoch will be run again)."""
+        path = self.run_dir / "metrics.jsonl"
+        if path.exists():
+            lines = [l for l in path.read_text().splitlines() if l and json.loads(l)["epoch"] <= last_epoch + 1]
+            path.write_text("".join(line + "\n" for line in lines))
+
+    def train_epoch(self, epoch: int) -> float:
+        self.model.train()
+        self.train_loader.sampler.set_epoch(epoch)
+        device = self.ctx.device
+        total_loss, steps = 0.0, 0
+        start = time.perf_counter()
+        bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{self.n_epochs}", disable=not self.ctx.is_main, leave=False)
+        for step, batch in enumerate(bar):
+            image = {m: x.to(device, non_blocking=True) for m, x in batch["image"].items()}
+            target = batch["target"].to(device, non_blocking=True)
+            with autocast_context(device, self.precision):
+                logits = self.forward(image, tuple(target.shape[-2:]))
+            loss = self.criterion(logits.float(), target)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            max_norm = self.grad_clip if self.grad_clip else math.inf
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, max_norm)
+            # Under DDP the gradients are already averaged over ranks, so every rank sees the same
+            # non-finite norm and stops at the same step.
+            if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+                raise NonFiniteLossError(
+                    f"non-finite loss ({loss.item()}) or gradient norm ({grad_norm.item()}) at epoch "
+                    f"{epoch + 1}, iteration {step + 1}. Lower optimizer.lr, set task.trainer.grad_clip, "
+                    "use precision=fp32, or check the input data for NaN values."
+                )
+            self.optimizer.step()
+            self.scheduler.step()
+            total_loss += loss.item()
+            steps += 1
+            self.train_images += target.shape[0] * self.ctx.world_size
+            if self.ctx.is_main and (step + 1) % self.log_interval == 0:
+                lr = self.optimizer.param_groups[0]["lr"]
+                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
+                log.debug("epoch %d iter %d loss %.4f lr %.3e", epoch + 1, step + 1, loss.item(), lr)
+                if self.wandb_run is not None:
+                    self.wandb_run.log({"train/loss": loss.item(), "train/lr": lr, "epoch": epoch + 1})
+        self.train_seconds += all_reduce_max(time.perf_counter() - start, device)
+        return total_loss / max(1, steps)
+
+    def fit(self) -> dict[str, Any]:
+        """Train to ``n_epochs``; returns the best validation metrics seen."""
+        for epoch in range(self.start_epoch, self.n_epochs):
+            train_loss = self.train_epoch(epoch)
+            last = epoch == self.n_epochs - 1
+            line = {"epoch": epoch + 1, "train_loss": train_loss}
+            if (epoch + 1) % self.eval_interval == 0 or last:
+                metrics = self.evaluator.evaluate(self.model, desc=f"val {epoch + 1}")
+                line.update({"split": "val", **metrics})
+                improved = metrics[self.best_metric_key] > self.best_metric
+                if improved:
+                    self.best_metric, self.best_epoch = metrics[self.best_metric_key], epoch + 1
+                    self.best_val_metrics = metrics
+                log.info(
+                    "epoch %d/%d  train loss %.4f  val mIoU %.4f  %s  (best %.4f @ %d)",
+                    epoch + 1, self.n_epochs, train_loss, metrics["mIoU"],
+                    "  ".join(f"IoU[{k}] {v:.4f}" for k, v in metrics["IoU"].items()),
+                    self.best_metric, self.best_epoch,
+                )
+                if self.ctx.is_main:
+                    if improved:
+                        save_checkpoint(self.checkpoint_dir / "best.pt", self.state(epoch))
+                    if self.wandb_run is not None:
+                        self.wandb_run.log({f"val/{k}": v for k, v in metrics.items() if isinstance(v, float)} | {"epoch": epoch + 1})
+            else:
+                log.info("epoch %d/%d  train loss %.4f", epoch + 1, self.n_epochs, train_loss)
+            if self.ctx.is_main:
+                with open(self.run_dir / "metrics.jsonl", "a") as handle:
+                    handle.write(json.dumps(line) + "\n")
+                if self.ckpt_interval and (epoch + 1) % self.ckpt_interval == 0:
+                    save_checkpoint(self.checkpoint_dir / f"epoch_{epoch + 1}.pt", self.state(epoch))
+                save_checkpoint(self.checkpoint_dir / "last.pt", self.state(epoch))
+        return self.best_val_metrics

@@ -1,0 +1,88 @@
+"""Encoder + decoder + training mode (DESIGN §3)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from benchmark.models.encoders.base import Encoder
+
+MODES = ("frozen", "unfrozen", "random")
+
+
+def resolve_mode(mode: str, finetune: bool | None) -> str:
+    """Combine ``mode`` with PANGAEA's ``finetune`` alias (true = unfrozen, false = frozen)."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if finetune is None:
+        return mode
+    if mode == "frozen":
+        return "unfrozen" if finetune else "frozen"
+    if not finetune:
+        raise ValueError(
+            f"finetune=false contradicts mode={mode}: finetune=false means a frozen encoder. "
+            "Give only one of the two."
+        )
+    return mode
+
+
+class Segmentor(nn.Module):
+    """Segmentation model: ``decoder(encoder(image), output_size)``.
+
+    Modes: ``frozen`` keeps the pretrained encoder in eval mode without gradients (only the decoder
+    trains); ``unfrozen`` trains everything from the pretrained weights; ``random`` trains everything
+    from random initialisation.
+    """
+
+    def __init__(self, encoder: Encoder, decoder: nn.Module, mode: str) -> None:
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        self.encoder = encoder
+        self.decoder = decoder
+        self.mode = mode
+        if mode == "frozen":
+            self.encoder.requires_grad_(False)
+            self.encoder.eval()
+
+    @property
+    def encoder_trains(self) -> bool:
+        return self.mode != "frozen"
+
+    def train(self, mode: bool = True) -> "Segmentor":
+        super().train(mode)
+        if not self.encoder_trains:
+            self.encoder.eval()
+        return self
+
+    def encode(self, image: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """Encoder features; without autograd when the encoder is frozen."""
+        if self.encoder_trains:
+            return self.encoder(image)
+        with torch.no_grad():
+            return self.encoder(image)
+
+    def forward(self, image: dict[str, torch.Tensor], output_size: tuple[int, int]) -> torch.Tensor:
+        return self.decoder(self.encode(image), output_size)
+
+    def trainable_state_dict(self) -> dict[str, Any]:
+        """What a checkpoint must hold: the decoder, plus the encoder when it trains."""
+        state = {"decoder": self.decoder.state_dict()}
+        if self.encoder_trains:
+            state["encoder"] = self.encoder.state_dict()
+        return state
+
+    def load_trainable_state_dict(self, state: dict[str, Any]) -> None:
+        self.decoder.load_state_dict(state["decoder"])
+        if self.encoder_trains:
+            if "encoder" not in state:
+                raise ValueError(f"the checkpoint holds no encoder weights but mode={self.mode} trains the encoder")
+            self.encoder.load_state_dict(state["encoder"])
+
+    def parameter_counts(self) -> dict[str, int]:
+        total = sum(p.numel() for p in self.parameters())
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        encoder = sum(p.numel() for p in self.encoder.parameters())
+        return {"total_params": total, "trainable_params": trainable, "encoder_params": encoder}

@@ -1,0 +1,128 @@
+"""Run directories: naming, choice on rank 0, logging, and what every run leaves behind."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import platform
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from benchmark.distributed import DistContext, broadcast_object
+
+log = logging.getLogger(__name__)
+
+PACKAGES = ("geofm-bench", "torch", "torchvision", "timm", "torchmetrics", "hydra-core", "numpy", "rasterio")
+
+
+class RunDirError(RuntimeError):
+    """The requested run directory cannot be used as asked."""
+
+
+def run_stem(choices: dict[str, str], mode: str, seed: int) -> str:
+    """``<dataset>_<encoder>_<decoder>_<mode>_s<seed>``: the part of a run name that identifies the job."""
+    return f"{choices['dataset']}_{choices['encoder']}_{choices['decoder']}_{mode}_s{seed}"
+
+
+def find_resumable(work_dir: Path, stem: str) -> Path | None:
+    """Newest run folder under ``work_dir`` named ``*_<stem>`` (the job's earlier attempt), if any."""
+    pattern = re.compile(r"\d{8}-\d{6}_" + re.escape(stem))
+    candidates = sorted(p for p in work_dir.glob(f"*_{stem}") if p.is_dir() and pattern.fullmatch(p.name))
+    return candidates[-1] if candidates else None
+
+
+def choose_run_dir(cfg: DictConfig, choices: dict[str, str], mode: str, ctx: DistContext) -> tuple[Path, bool]:
+    """Decide the run folder on rank 0 and share it: ``(path, resuming)``.
+
+    ``run_dir`` names the folder; otherwise a new one ``<time>_<stem>`` is made under ``work_dir``,
+    or with ``resume=true`` the newest folder of the same job is continued.
+    """
+    decision: tuple[str, bool] | str | None = None
+    if ctx.is_main:
+        try:
+            decision = _decide(cfg, choices, mode)
+        except RunDirError as error:
+            decision = f"error: {error}"
+    decision = broadcast_object(decision)
+    if isinstance(decision, str):
+        raise RunDirError(decision[len("error: "):])
+    path, resuming = decision
+    return Path(path), resuming
+
+
+def _decide(cfg: DictConfig, choices: dict[str, str], mode: str) -> tuple[str, bool]:
+    work_dir = Path(cfg.work_dir)
+    stem = run_stem(choices, mode, cfg.seed)
+    if cfg.run_dir:
+        path = Path(cfg.run_dir)
+        has_checkpoint = (path / "checkpoints" / "last.pt").is_file()
+        if has_checkpoint and not cfg.resume:
+            raise RunDirError(f"{path} already holds a run; pass resume=true to continue it or choose another run_dir")
+    else:
+        previous = find_resumable(work_dir, stem) if cfg.resume else None
+        path = previous or work_dir / f"{time.strftime('%Y%m%d-%H%M%S')}_{stem}"
+        if previous is None and path.exists():
+            raise RunDirError(f"{path} exists already (two runs of the same job started in one second?)")
+        has_checkpoint = (path / "checkpoints" / "last.pt").is_file()
+    if cfg.resume and not has_checkpoint:
+        log.warning("resume=true but %s has no checkpoints/last.pt: starting a new run", path)
+    path.mkdir(parents=True, exist_ok=True)
+    return str(path), bool(cfg.resume and has_checkpoint)
+
+
+def setup_logging(ctx: DistContext, log_file: Path | None) -> None:
+    """Rank 0 logs INFO to the console and ``log_file``; other ranks only warnings."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    formatter = logging.Formatter("[%(asctime)s][%(levelname)s][%(name)s] %(message)s", "%Y-%m-%d %H:%M:%S")
+    console = logging.StreamHandler(sys.stdout)
+    console.setFormatter(formatter)
+    console.setLevel(logging.INFO if ctx.is_main else logging.WARNING)
+    root.addHandler(console)
+    if ctx.is_main and log_file is not None:
+        file_handler = logging.FileHandler(log_file, mode="a")
+        file_handler.setFormatter(formatter)
+        root.addHandler(file_handler)
+    root.setLevel(logging.INFO)
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def save_config(cfg: DictConfig, choices: dict[str, str], mode: str, run_dir: Path) -> None:
+    """``config.yaml``: the resolved config plus the chosen config groups and effective mode."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved["mode"] = mode
+    resolved["choices"] = choices
+    OmegaConf.save(OmegaConf.create(resolved), run_dir / "config.yaml")
+
+
+def summary(cfg: DictConfig, choices: dict[str, str], mode: str, ctx: DistContext) -> dict[str, Any]:
+    """The 'what was run' block of ``results.json``."""
+    return {
+        "dataset": choices["dataset"],
+        "encoder": choices["encoder"],
+        "decoder": choices["decoder"],
+        "preprocessing": choices["preprocessing"],
+        "criterion": choices.get("criterion"),
+        "mode": mode,
+        "seed": int(cfg.seed),
+        "encoder_weights": cfg.encoder.get("encoder_weights") if mode != "random" else None,
+        "n_epochs": int(cfg.task.trainer.n_epochs),
+        "batch_size_per_process": int(cfg.batch_size),
+        "world_size": ctx.world_size,
+        "device": str(ctx.device),
+    }
