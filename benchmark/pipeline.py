@@ -185,6 +185,8 @@ def test(cfg: DictConfig) -> dict[str, Any]:
             "checkpoint": str(checkpoint_path),
             "epoch": checkpoint["epoch"] + 1,
             "split": cfg.split,
+            "dataset_root": str(run_cfg.dataset.root_path),
+            "batch_size_per_process": int(run_cfg.test_batch_size),
             "world_size": ctx.world_size,
             "device": str(ctx.device),
             "metrics": metrics,

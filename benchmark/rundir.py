@@ -76,14 +76,14 @@ def _decide(cfg: DictConfig, choices: dict[str, str], mode: str) -> tuple[str, b
 
 
 def setup_logging(ctx: DistContext, log_file: Path | None) -> None:
-    """Rank 0 logs INFO to the console and ``log_file``; other ranks only warnings."""
+    """Rank 0 logs INFO to the console and ``log_file``; other ranks only errors."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
     formatter = logging.Formatter("[%(asctime)s][%(levelname)s][%(name)s] %(message)s", "%Y-%m-%d %H:%M:%S")
     console = logging.StreamHandler(sys.stdout)
     console.setFormatter(formatter)
-    console.setLevel(logging.INFO if ctx.is_main else logging.WARNING)
+    console.setLevel(logging.INFO if ctx.is_main else logging.ERROR)
     root.addHandler(console)
     if ctx.is_main and log_file is not None:
         file_handler = logging.FileHandler(log_file, mode="a")
@@ -93,7 +93,9 @@ def setup_logging(ctx: DistContext, log_file: Path | None) -> None:
 
 
 def package_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
+    import torch
+
+    versions = {"python": platform.python_version(), "torch_build": torch.__version__, "cuda": str(torch.version.cuda)}
     for name in PACKAGES:
         try:
             versions[name] = importlib.metadata.version(name)

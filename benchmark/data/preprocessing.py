@@ -171,7 +171,7 @@ class PreprocessedDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> Sample:
         index, epoch = key if isinstance(key, tuple) else (key, 0)
         rng = np.random.default_rng([self.seed, epoch, index])
-        sample = self.dataset[index]
+        sample = dict(self.dataset[index])  # steps replace entries; never alter the source's dict
         for step in self.steps:
             sample = step(sample, rng)
         return sample

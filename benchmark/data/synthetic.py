@@ -20,7 +20,7 @@ import numpy as np
 import rasterio
 import torch
 import torch.nn.functional as F
-from rasterio.transform import from_origin
+from affine import Affine
 from tqdm import tqdm
 
 from benchmark.data.hlsburnscars import IMAGE_NODATA, DatasetFilesError, HLSBurnScars
@@ -96,7 +96,7 @@ def generate_scene(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.
 
 def write_scene(folder: Path, stem: str, image: np.ndarray, mask: np.ndarray, origin_x: float) -> None:
     size = image.shape[-1]
-    transform = from_origin(origin_x, 5_200_000.0, PIXEL_M, PIXEL_M)
+    transform = Affine(PIXEL_M, 0.0, origin_x, 0.0, -PIXEL_M, 5_200_000.0)  # north-up, 30 m
     profile = dict(driver="GTiff", width=size, height=size, crs=CRS, transform=transform)
     with rasterio.open(folder / f"{stem}_merged.tif", "w", count=6, dtype="float32", nodata=IMAGE_NODATA, **profile) as dst:
         dst.write(image)

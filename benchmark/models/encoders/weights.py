@@ -35,6 +35,7 @@ _LAYOUT_SIGNATURES = (
     ("CROMA (dict of s1_encoder / s2_encoder / joint_encoder)", ("s2_encoder", "s1_encoder")),
     ("DOFA (flat state_dict with patch_embed.weight_generator)", ("patch_embed.weight_generator.weight_tokens",)),
     ("Prithvi MAE (flat, 3-D patch embedding)", ("patch_embed.proj.weight", "decoder_pred.weight")),
+    ("Prithvi (encoder.-prefixed layout)", ("encoder.patch_embed.proj.weight",)),
     ("SSL4EO MAE / data2vec ({'model': state_dict})", ("model",)),
     ("SSL4EO DINO ({'teacher': ...})", ("teacher",)),
     ("SSL4EO MoCo ({'state_dict': module.base_encoder...})", ("state_dict",)),
@@ -42,15 +43,15 @@ _LAYOUT_SIGNATURES = (
 
 
 def describe_checkpoint(checkpoint: Any) -> str:
-    """A short guess of which release layout ``checkpoint`` is, for error messages."""
+    """A short guess of which release layout ``checkpoint`` is, for error messages ("the file ...")."""
     if not isinstance(checkpoint, Mapping):
-        return f"an object of type {type(checkpoint).__name__}, not a dict"
+        return f"is an object of type {type(checkpoint).__name__}, not a dict"
     keys = set(checkpoint)
     for name, signature in _LAYOUT_SIGNATURES:
         if any(key in keys for key in signature):
             return f"looks like a {name} checkpoint"
     sample = ", ".join(sorted(map(str, keys))[:8])
-    return f"an unrecognised dict with keys [{sample}{', ...' if len(keys) > 8 else ''}]"
+    return f"is an unrecognised dict with keys [{sample}{', ...' if len(keys) > 8 else ''}]"
 
 
 def resolve_weights_file(encoder_weights: str | None, download_url: str | None) -> Path:
@@ -114,7 +115,7 @@ def unwrap(checkpoint: Any, key: str, expected: str) -> Mapping[str, Any]:
     """``checkpoint[key]`` when the layout has that wrapper, else a :class:`CheckpointLayoutError`."""
     if not isinstance(checkpoint, Mapping) or key not in checkpoint:
         raise CheckpointLayoutError(
-            f"expected {expected} with top-level key {key!r}, but the file is "
+            f"expected {expected} with top-level key {key!r}, but the file "
             f"{describe_checkpoint(checkpoint)}. Check encoder.encoder_weights points at the right file."
         )
     return checkpoint[key]

@@ -1,0 +1,152 @@
+"""Prithvi-EO encoders (Jakubik et al. 2023; Szwarcman et al. 2024): MAE ViTs pretrained by IBM and
+NASA on multi-temporal HLS imagery. Releases: https://huggingface.co/ibm-nasa-geospatial
+(Prithvi-EO-1.0-100M: ViT-B/16; Prithvi-EO-2.0-300M: ViT-L/16; Prithvi-EO-2.0-600M: ViT-H/14).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping, Sequence
+
+import torch
+from timm.models.vision_transformer import Block
+from torch import nn
+
+from benchmark.models.encoders.base import Encoder
+from benchmark.models.encoders.vit import collect_block_outputs, sincos_pos_embed_3d
+from benchmark.models.encoders.weights import CheckpointLayoutError, drop_keys, strip_prefix, unwrap
+
+log = logging.getLogger(__name__)
+
+PATCH_KEY = "patch_embed.proj.weight"
+ENCODER_PREFIX = "encoder."  # newer layout (TerraTorch PrithviMAE): encoder.* and decoder.*
+# Flat (original MAE) layout: MAE decoder and mask token; both layouts: the pre-decoder norm.
+MAE_EXTRA_PREFIXES = ("decoder_", "mask_token", "norm.")
+# Date / location embeddings of the "-TL" releases: this encoder takes no coordinates.
+COORDS_PREFIXES = ("temporal_embed_enc.", "location_embed_enc.")
+
+
+class TubeletEmbed(nn.Module):
+    """3-D patch embedding: (B, C, T, H, W) -> (B, embed_dim, T, h, w) with tubelets (1, p, p)."""
+
+    def __init__(self, in_chans: int, embed_dim: int, patch_size: int) -> None:
+        super().__init__()
+        kernel = (1, patch_size, patch_size)
+        self.proj = nn.Conv3d(in_chans, embed_dim, kernel_size=kernel, stride=kernel)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)
+
+
+class Prithvi(Encoder):
+    """Prithvi MAE encoder: tubelet embedding, cls token, fixed 3-D sin-cos ``pos_embed``, timm blocks.
+
+    Features are the raw block outputs (no final norm). For ``num_frames`` T > 1 the tokens of all
+    frames go through the transformer together and each output map folds the frames into channels,
+    frame by frame: (B, T*embed_dim, h, w), as TerraTorch does. (PANGAEA returns (B, C, T, h, w) and
+    lets its decoder reduce T; folding keeps the (B, C, h, w) encoder contract and lets the decoder's
+    first layer learn the same per-frame weighting.) For T=1 a map is (B, embed_dim, h, w).
+
+    Release layouts: the original flat MAE state_dict (``decoder_*``, ``mask_token`` and ``norm.*``
+    ignored) and the newer one with ``encoder.`` / ``decoder.`` prefixes. The release ``pos_embed`` is
+    a fixed (not learned) table for 3 (v1) or 4 (v2) frames at 224 px; for another frame count or grid
+    it is recomputed, as PANGAEA and TerraTorch do.
+
+    Args:
+        input_bands: ``{"optical": [6 HLS bands]}``: B2, B3, B4, B8A, B11, B12 in the releases.
+        input_size: window side in pixels (224 in the releases).
+        patch_size: patch side in pixels (16; 14 for Prithvi-EO-2.0-600M).
+        num_frames: dates per sample T (the input is (B, C, T, H, W)).
+        embed_dim, depth, num_heads, mlp_ratio: transformer shape (ViT-B: 768, 12, 12, 4).
+        output_layers: 0-based blocks whose outputs are returned; only blocks up to the last are built.
+        encoder_weights: path of the release file; download_url: where to fetch it when missing.
+        pretrained: load ``encoder_weights`` (False for ``mode=random``).
+    """
+
+    multi_temporal = True
+
+    def __init__(
+        self,
+        input_bands: Mapping[str, Sequence[str]],
+        input_size: int = 224,
+        patch_size: int = 16,
+        num_frames: int = 1,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        output_layers: Sequence[int] = (3, 5, 7, 11),
+        encoder_weights: str | None = None,
+        download_url: str | None = None,
+        pretrained: bool = True,
+    ) -> None:
+        super().__init__(
+            input_bands, input_size, patch_size, output_layers, [embed_dim * num_frames] * len(output_layers)
+        )
+        if list(self.input_bands) != ["optical"]:
+            raise ValueError(f"Prithvi takes optical bands only, got modalities {list(self.input_bands)}")
+        if max(self.output_layers) >= depth:
+            raise ValueError(f"output_layers {self.output_layers} exceed depth {depth}")
+        if num_frames < 1:
+            raise ValueError(f"num_frames must be at least 1, got {num_frames}")
+        self.num_frames = int(num_frames)
+        self.embed_dim = embed_dim
+        self.depth = depth
+        self.patch_embed = TubeletEmbed(len(self.input_bands["optical"]), embed_dim, patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(self._pos_table(self.grid_size), requires_grad=False)
+        self.blocks = nn.ModuleList(
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=nn.LayerNorm)
+            for _ in range(max(self.output_layers) + 1)
+        )
+        nn.init.normal_(self.cls_token, std=0.02)
+        self.init_pretrained(pretrained, encoder_weights, download_url)
+
+    def _pos_table(self, grid_hw: tuple[int, int]) -> torch.Tensor:
+        """The fixed 3-D sin-cos table for ``num_frames`` frames on ``grid_hw``, zero cls slot."""
+        return sincos_pos_embed_3d(self.embed_dim, (self.num_frames, *grid_hw), cls_token=True)
+
+    def convert_release_checkpoint(self, checkpoint: Any) -> dict[str, torch.Tensor]:
+        name = type(self).__name__
+        if isinstance(checkpoint, Mapping) and ENCODER_PREFIX + PATCH_KEY in checkpoint:
+            checkpoint = strip_prefix(checkpoint, ENCODER_PREFIX)  # also drops decoder.*
+        unwrap(checkpoint, PATCH_KEY, "a Prithvi MAE checkpoint (flat or `encoder.`-prefixed)")  # layout check
+        coords = sorted(key for key in checkpoint if key.startswith(COORDS_PREFIXES))
+        if coords:
+            log.info(
+                "%s: ignoring the file's date/location embedding keys %s (takes no coordinates)", name, coords
+            )
+        unbuilt = [f"blocks.{i}." for i in range(len(self.blocks), self.depth)]
+        state_dict = drop_keys(checkpoint, (*MAE_EXTRA_PREFIXES, *COORDS_PREFIXES, *unbuilt))
+
+        file_bands = state_dict[PATCH_KEY].shape[1]
+        bands = self.input_bands["optical"]
+        if file_bands != len(bands):
+            raise CheckpointLayoutError(
+                f"the file's patch embedding takes {file_bands} bands, but this encoder is configured "
+                f"with {len(bands)} ({', '.join(bands)}). Prithvi releases take the 6 HLS bands B2, B3, "
+                "B4, B8A, B11, B12: keep encoder.input_bands to those (preprocessing fills missing ones)."
+            )
+        table = state_dict.get("pos_embed")
+        if table is not None and table.shape != self.pos_embed.shape:
+            log.info(
+                "%s: the file's pos_embed has %d tokens; recomputing the fixed 3-D sin-cos table for "
+                "%d frame(s) on a %dx%d grid (%d tokens)",
+                name, table.shape[1], self.num_frames, *self.grid_size, self.pos_embed.shape[1],
+            )
+            state_dict["pos_embed"] = self._pos_table(self.grid_size)
+        return state_dict
+
+    def forward(self, image: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        x = image["optical"]
+        if x.ndim != 5 or x.shape[2] != self.num_frames:
+            raise ValueError(
+                f"Prithvi was built for (B, C, T={self.num_frames}, H, W) input, got shape "
+                f"{tuple(x.shape)}; set encoder.num_frames to the number of dates of the dataset"
+            )
+        x = self.patch_embed(x)
+        grid = (x.shape[-2], x.shape[-1])
+        pos_embed = self.pos_embed if grid == self.grid_size else self._pos_table(grid).to(x)
+        x = x.flatten(2).transpose(1, 2)  # (B, T*h*w, D), frame-major like the table
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + pos_embed
+        return collect_block_outputs(x, self.blocks, self.output_layers, 1, grid, num_frames=self.num_frames)

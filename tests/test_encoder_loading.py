@@ -1,0 +1,102 @@
+"""Release-checkpoint loading for the pipeline encoder (SSL4EO MAE optical): strict, never silently random."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from benchmark.models.encoders.weights import CheckpointLayoutError, WeightsNotFoundError
+from conftest import REPO
+
+TINY = {"embed_dim": 32, "depth": 4, "num_heads": 2, "output_layers": [0, 1, 2, 3], "input_size": 32}
+
+
+def build(pretrained: bool, **overrides):
+    cfg = OmegaConf.merge(OmegaConf.load(REPO / "configs/encoder/ssl4eo_mae_optical.yaml"), TINY, overrides)
+    return instantiate(cfg, pretrained=pretrained).eval()
+
+
+def release_file(model, path: Path) -> Path:
+    """``{"model": ...}`` with the MAE decoder, mask token and pre-decoder norm the real file carries."""
+    dim = model.cls_token.shape[-1]
+    state = {
+        **model.state_dict(),
+        "norm.weight": torch.ones(dim),
+        "norm.bias": torch.zeros(dim),
+        "mask_token": torch.zeros(1, 1, 16),
+        "decoder_embed.weight": torch.randn(16, dim),
+        "decoder_pos_embed": torch.zeros(1, 5, 16),
+        "decoder_pred.weight": torch.randn(13 * 256, 16),
+    }
+    torch.save({"model": state}, path)
+    return path
+
+
+def cause(error: pytest.ExceptionInfo) -> BaseException:
+    """Hydra wraps constructor errors; the benchmark's own error is the cause."""
+    return error.value.__cause__ if isinstance(error.value, InstantiationException) else error.value
+
+
+def test_release_layout_round_trip_gives_identical_weights_and_outputs(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    source = build(pretrained=False)
+    with torch.no_grad():
+        source.cls_token.normal_()
+    path = release_file(source, tmp_path / "B13_vits16_mae_0099_ckpt.pth")
+    loaded = build(pretrained=True, encoder_weights=str(path))
+    for (name, a), (_, b) in zip(source.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
+    x = {"optical": torch.randn(2, 13, 1, 32, 32)}
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(source(x), loaded(x)))
+
+
+def test_missing_weights_offline_names_file_url_and_command(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/B13_vits16_mae_0099_ckpt.pth"
+    target = tmp_path / "pretrained_models" / "B13_vits16_mae_0099_ckpt.pth"
+    with pytest.raises(InstantiationException) as info:
+        build(pretrained=True, encoder_weights=str(target), download_url=url)
+    error = cause(info)
+    assert isinstance(error, WeightsNotFoundError)
+    message = str(error)
+    assert str(target) in message and url in message
+    assert "scripts/download_weights.py" in message and "mode=random" in message
+    assert not target.exists()
+
+
+def test_random_mode_needs_no_weights_file(tmp_path: Path) -> None:
+    model = build(pretrained=False, encoder_weights=str(tmp_path / "nothing.pth"))
+    assert [o.shape for o in model({"optical": torch.randn(1, 13, 1, 32, 32)})] == [(1, 32, 2, 2)] * 4
+
+
+def test_wrong_layout_is_named(tmp_path: Path) -> None:
+    source = build(pretrained=False)
+    flat = tmp_path / "flat.pth"
+    torch.save({"patch_embed.weight_generator.weight_tokens": torch.zeros(128, 128)}, flat)
+    with pytest.raises(InstantiationException) as info:
+        build(pretrained=True, encoder_weights=str(flat))
+    assert isinstance(cause(info), CheckpointLayoutError)
+    assert "top-level key 'model'" in str(cause(info)) and "DOFA" in str(cause(info))
+
+    missing = tmp_path / "missing.pth"
+    release_file(source, missing)
+    state = torch.load(missing)
+    del state["model"]["blocks.1.attn.qkv.bias"]
+    torch.save(state, missing)
+    with pytest.raises(InstantiationException) as info:
+        build(pretrained=True, encoder_weights=str(missing))
+    assert "missing keys (1): blocks.1.attn.qkv.bias" in str(cause(info))
+
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(missing.read_bytes()[:2000])
+    with pytest.raises(InstantiationException) as info:
+        build(pretrained=True, encoder_weights=str(truncated))
+    assert "truncated or corrupted" in str(cause(info))
