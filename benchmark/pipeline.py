@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import traceback
@@ -32,6 +33,15 @@ def hydra_choices() -> dict[str, str]:
     return {group: str(choices[group]) for group in GROUPS if group in choices}
 
 
+def completed_results(run_dir: Path) -> dict[str, Any] | None:
+    """The results of a run folder whose run finished, else None."""
+    path = run_dir / "results.json"
+    if not path.is_file():
+        return None
+    results = json.loads(path.read_text())
+    return results if results.get("status") == "completed" else None
+
+
 def start_wandb(cfg: DictConfig, run_dir: Path) -> Any:
     import wandb
 
@@ -56,6 +66,11 @@ def train(cfg: DictConfig) -> dict[str, Any] | None:
         mode = resolve_mode(cfg.mode, cfg.finetune)
         choices = hydra_choices()
         run_dir, resuming = choose_run_dir(cfg, choices, mode, ctx)
+        finished = completed_results(run_dir) if cfg.resume else None
+        if finished is not None:
+            log.info("%s has already completed (resume=true): nothing to do", run_dir)
+            run_dir = None  # leave its results.json as it is
+            return finished
         setup_logging(ctx, run_dir / "train.log")
         log.info("Run folder %s (%d process(es) on %s, mode=%s)", run_dir, ctx.world_size, ctx.device, mode)
         if ctx.is_main:

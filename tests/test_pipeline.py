@@ -154,6 +154,11 @@ def test_resume_after_sigkill_ends_with_the_same_metrics(synthetic_root: Path, t
     lines = [json.loads(l)["epoch"] for l in (killed / "metrics.jsonl").read_text().splitlines()]
     assert lines == [1, 2, 3, 4]
 
+    stamp = (killed / "results.json").stat().st_mtime_ns
+    again = run_benchmark(args + [f"run_dir={killed}", "resume=true"])
+    assert "already completed" in again.stdout
+    assert (killed / "results.json").stat().st_mtime_ns == stamp, "a finished run is not redone"
+
 
 def test_existing_run_dir_is_not_overwritten_without_resume(trained_run: Path, tmp_path: Path) -> None:
     result = run_benchmark(tiny_overrides(tmp_path / "d", tmp_path / "wd") + [f"run_dir={trained_run}"], check=False)
