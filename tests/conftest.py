@@ -13,22 +13,40 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_REAL = REPO.parent / "shared" / "data" / "real"
 
 
-def tiny_overrides(data_root: Path, work_dir: Path) -> list[str]:
-    """A run that finishes in seconds: 64 px synthetic tiles, a 4-block 32-dim ViT, a 16-channel UPerNet."""
+# Tiny shapes per encoder family: every structural part is there, a run takes seconds on CPU.
+TINY_VIT = ["encoder.input_size=32", "encoder.embed_dim=32", "encoder.depth=4", "encoder.num_heads=2", "encoder.output_layers=[0,1,2,3]"]
+TINY_ENCODERS = {
+    "ssl4eo_mae_optical": TINY_VIT,
+    "dofa": TINY_VIT,
+    "prithvi": TINY_VIT,
+    "croma_optical": [
+        "encoder.size=base", "encoder.input_size=32", "+encoder.embed_dim=32", "+encoder.depth=4",
+        "+encoder.num_heads=2", "encoder.output_layers=[0,1,2,3]",
+    ],
+}
+TINY_DECODERS = {
+    "seg_linear": [],
+    "seg_fcn": ["decoder.channels=16"],
+    "seg_upernet": ["decoder.channels=16"],
+    "seg_segformer": ["decoder.channels=16"],
+    "seg_muster": ["decoder.channels=16"],
+}
+
+
+def tiny_overrides(
+    data_root: Path, work_dir: Path, encoder: str = "ssl4eo_mae_optical", decoder: str = "seg_upernet"
+) -> list[str]:
+    """A run that finishes in seconds: 64 px synthetic tiles, a 4-block 32-dim encoder, a slim decoder."""
     return [
         "dataset=synthetic_burnscars",
         f"dataset.root_path={data_root}",
         "dataset.img_size=64",
         "dataset.num_train=20",
         "dataset.num_test=6",
-        "encoder=ssl4eo_mae_optical",
-        "encoder.input_size=32",
-        "encoder.embed_dim=32",
-        "encoder.depth=4",
-        "encoder.num_heads=2",
-        "encoder.output_layers=[0,1,2,3]",
-        "decoder=seg_upernet",
-        "decoder.channels=16",
+        f"encoder={encoder}",
+        *TINY_ENCODERS[encoder],
+        f"decoder={decoder}",
+        *TINY_DECODERS[decoder],
         "mode=random",
         "batch_size=4",
         "test_batch_size=2",
@@ -57,7 +75,7 @@ def run_benchmark(args: list[str], nproc: int | None = None, check: bool = True,
 
 
 def only_run_dir(work_dir: Path) -> Path:
-    runs = [p for p in work_dir.iterdir() if p.is_dir() and p.name != "multirun"]
+    runs = [p for p in work_dir.iterdir() if (p / "config.yaml").is_file()]
     assert len(runs) == 1, runs
     return runs[0]
 

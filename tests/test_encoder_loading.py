@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 
 from benchmark.models.encoders.weights import CheckpointLayoutError, WeightsNotFoundError
 from conftest import REPO
+from release_layouts import write_release_file
 
 TINY = {"embed_dim": 32, "depth": 4, "num_heads": 2, "output_layers": [0, 1, 2, 3], "input_size": 32}
 
@@ -20,22 +21,6 @@ TINY = {"embed_dim": 32, "depth": 4, "num_heads": 2, "output_layers": [0, 1, 2, 
 def build(pretrained: bool, **overrides):
     cfg = OmegaConf.merge(OmegaConf.load(REPO / "configs/encoder/ssl4eo_mae_optical.yaml"), TINY, overrides)
     return instantiate(cfg, pretrained=pretrained).eval()
-
-
-def release_file(model, path: Path) -> Path:
-    """``{"model": ...}`` with the MAE decoder, mask token and pre-decoder norm the real file carries."""
-    dim = model.cls_token.shape[-1]
-    state = {
-        **model.state_dict(),
-        "norm.weight": torch.ones(dim),
-        "norm.bias": torch.zeros(dim),
-        "mask_token": torch.zeros(1, 1, 16),
-        "decoder_embed.weight": torch.randn(16, dim),
-        "decoder_pos_embed": torch.zeros(1, 5, 16),
-        "decoder_pred.weight": torch.randn(13 * 256, 16),
-    }
-    torch.save({"model": state}, path)
-    return path
 
 
 def cause(error: pytest.ExceptionInfo) -> BaseException:
@@ -48,7 +33,7 @@ def test_release_layout_round_trip_gives_identical_weights_and_outputs(tmp_path:
     source = build(pretrained=False)
     with torch.no_grad():
         source.cls_token.normal_()
-    path = release_file(source, tmp_path / "B13_vits16_mae_0099_ckpt.pth")
+    path = write_release_file("ssl4eo_mae_optical", source, tmp_path / "B13_vits16_mae_0099_ckpt.pth")
     loaded = build(pretrained=True, encoder_weights=str(path))
     for (name, a), (_, b) in zip(source.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), name
@@ -87,7 +72,7 @@ def test_wrong_layout_is_named(tmp_path: Path) -> None:
     assert "top-level key 'model'" in str(cause(info)) and "DOFA" in str(cause(info))
 
     missing = tmp_path / "missing.pth"
-    release_file(source, missing)
+    write_release_file("ssl4eo_mae_optical", source, missing)
     state = torch.load(missing)
     del state["model"]["blocks.1.attn.qkv.bias"]
     torch.save(state, missing)

@@ -18,12 +18,12 @@ import torch
 import torch.nn.functional as F
 from hydra.errors import InstantiationException
 from omegaconf import OmegaConf
-from timm.models.beit import gen_relative_position_index
 from torch import nn
 
 from benchmark.models.encoders.croma import alibi_2d, alibi_slopes
 from benchmark.models.encoders.vit import resize_pos_embed
 from benchmark.models.encoders.weights import CheckpointLayoutError
+from release_layouts import release_checkpoint
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "encoder"
 
@@ -71,57 +71,6 @@ def randomize(model: nn.Module) -> nn.Module:
 def sample_input(model: nn.Module, size: int, batch: int = 2) -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
     return {m: torch.randn(batch, len(bands), 1, size, size) for m, bands in model.input_bands.items()}
-
-
-def prefixed(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {prefix + key: value for key, value in state_dict.items()}
-
-
-def release_checkpoint(name: str, donor: nn.Module) -> dict[str, Any]:
-    """The object a release file of config ``name`` holds, with ``donor``'s weights.
-
-    ``donor`` is a model of that config (SSL4EO) or a ``croma_joint`` model (CROMA: it holds all three
-    networks at full depth).
-    """
-    sd, dim, r = donor.state_dict(), donor.embed_dim, torch.randn
-    if name == "ssl4eo_mae_sar":
-        decoder = {
-            "decoder_embed.weight": r(16, dim), "decoder_pos_embed": r(1, 5, 16), "mask_token": r(1, 1, 16),
-            "decoder_blocks.0.norm1.weight": r(16), "decoder_pred.weight": r(512, 16),
-            "norm.weight": r(dim), "norm.bias": r(dim),
-        }
-        return {"model": {**sd, **decoder}, "optimizer": {"state": {}}, "epoch": 99}
-    if name == "ssl4eo_dino":
-        head = {"head.mlp.0.weight": r(64, dim), "head.last_layer.weight_g": r(128, 1)}
-        backbone = {**sd, "norm.weight": r(dim), "norm.bias": r(dim)}
-        return {
-            "teacher": {**prefixed(backbone, "backbone."), **head},
-            "student": {**prefixed(backbone, "module.backbone."), **prefixed(head, "module.")},
-            "dino_loss": {"center": r(1, 128)},
-            "epoch": 100,
-        }
-    if name == "ssl4eo_moco":
-        encoder = {**sd, "head.0.weight": r(64, dim), "head.1.running_mean": r(64), "norm.weight": r(dim)}
-        state = {
-            **prefixed(encoder, "module.base_encoder."),
-            **prefixed(encoder, "module.momentum_encoder."),
-            "module.predictor.0.weight": r(64, 64),
-            "module.predictor.1.running_var": r(64),
-        }
-        return {"state_dict": state, "arch": "vit_small", "epoch": 100, "optimizer": {"state": {}}}
-    if name == "ssl4eo_data2vec":
-        extras = {
-            "mask_token": r(1, 1, dim), "norm.weight": r(dim), "lm_head.weight": r(dim, dim),
-            "rel_pos_bias.relative_position_index": gen_relative_position_index(donor.grid_size),
-        }
-        return {"model": {**sd, **extras}, "epoch": 99, "scaler": {}}
-    # CROMA: one sub-state-dict per network, plus the two pooled-representation heads.
-    parts = {
-        part: {key[len(part) + 1:]: value for key, value in sd.items() if key.startswith(part + ".")}
-        for part in ("s1_encoder", "s2_encoder", "joint_encoder")
-    }
-    gap_ffn = {"0.weight": r(dim), "1.weight": r(4 * dim, dim), "3.weight": r(dim, 4 * dim), "3.bias": r(dim)}
-    return {**parts, "s1_GAP_FFN": gap_ffn, "s2_GAP_FFN": dict(gap_ffn)}
 
 
 def make_donor(name: str, **overrides: Any) -> nn.Module:

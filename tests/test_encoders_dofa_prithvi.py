@@ -23,12 +23,12 @@ from omegaconf import OmegaConf
 
 from benchmark.models.encoders.vit import resize_pos_embed, sincos_pos_embed_3d, tokens_to_map
 from benchmark.models.encoders.weights import CheckpointLayoutError
+from release_layouts import release_checkpoint, write_release_file
 
 REPO = Path(__file__).resolve().parents[1]
 HLS_BANDS = ["B2", "B3", "B4", "B8A", "B11", "B12"]
 DATASET_BANDS = {"optical": HLS_BANDS, "sar": ["VV", "VH"]}
 TINY = {"embed_dim": 64, "depth": 2, "num_heads": 4, "output_layers": [0, 1]}
-RELEASE_FRAMES = {"prithvi": 3, "prithvi_eo_v2_300": 4, "prithvi_eo_v2_600": 4}
 
 
 def build(name: str, pretrained: bool, dataset_bands: dict = DATASET_BANDS, **overrides):
@@ -50,46 +50,6 @@ def sample(encoder, batch: int = 1) -> dict[str, torch.Tensor]:
     """Random (B, C, T, H, W) input of the encoder's bands, frames and size."""
     frames, size = getattr(encoder, "num_frames", 1), encoder.input_size
     return {m: torch.randn(batch, len(b), frames, size, size) for m, b in encoder.input_bands.items()}
-
-
-def dofa_release(model) -> dict[str, torch.Tensor]:
-    """DOFA_ViT_base_e100.pth: flat, no prefix, plus the pretraining-only mask_token and projector."""
-    dim = model.cls_token.shape[-1]
-    return {
-        **model.state_dict(),
-        "mask_token": torch.randn(1, 1, dim),
-        "projector.weight": torch.randn(dim, dim),
-        "projector.bias": torch.randn(dim),
-    }
-
-
-def prithvi_release(model, layout: str, frames: int) -> dict[str, torch.Tensor]:
-    """Prithvi MAE file: ``flat`` (Prithvi_100M.pt) or ``prefixed`` (encoder./decoder., TerraTorch)."""
-    dim, decoder_dim = model.embed_dim, 32
-    encoder = {
-        **model.state_dict(),
-        "pos_embed": sincos_pos_embed_3d(dim, (frames, *model.grid_size)),  # pretrained on `frames` dates
-        "norm.weight": torch.randn(dim),
-        "norm.bias": torch.randn(dim),
-    }
-    decoder = {
-        "mask_token": torch.randn(1, 1, decoder_dim),
-        "decoder_embed.weight": torch.randn(decoder_dim, dim),
-        "decoder_embed.bias": torch.randn(decoder_dim),
-        "decoder_pos_embed": torch.randn(1, encoder["pos_embed"].shape[1], decoder_dim),
-        "decoder_blocks.0.norm1.weight": torch.randn(decoder_dim),
-        "decoder_norm.weight": torch.randn(decoder_dim),
-        "decoder_pred.weight": torch.randn(model.patch_size**2 * len(HLS_BANDS), decoder_dim),
-    }
-    if layout == "flat":
-        return {**encoder, **decoder}
-    return {**{f"encoder.{k}": v for k, v in encoder.items()}, **{f"decoder.{k}": v for k, v in decoder.items()}}
-
-
-def release_file(name: str, model, path: Path, layout: str = "prefixed") -> Path:
-    checkpoint = dofa_release(model) if name == "dofa" else prithvi_release(model, layout, RELEASE_FRAMES[name])
-    torch.save(checkpoint, path)
-    return path
 
 
 def assert_same(reference, loaded, inputs) -> None:
@@ -114,7 +74,7 @@ def assert_same(reference, loaded, inputs) -> None:
 )
 def test_release_checkpoint_round_trip(name: str, layout: str | None, tmp_path: Path) -> None:
     reference = build(name, pretrained=False, **TINY)
-    path = release_file(name, reference, tmp_path / "release.pt", layout)
+    path = write_release_file(name, reference, tmp_path / "release.pt", layout)
     loaded = build(name, pretrained=True, encoder_weights=str(path), **TINY)
     assert_same(reference, loaded, sample(reference, batch=2))
 
@@ -122,7 +82,7 @@ def test_release_checkpoint_round_trip(name: str, layout: str | None, tmp_path: 
 @pytest.mark.parametrize("name", ["dofa", "prithvi"])
 def test_only_blocks_up_to_the_last_output_are_loaded(name: str, tmp_path: Path) -> None:
     reference = build(name, pretrained=False, **TINY)
-    path = release_file(name, reference, tmp_path / "release.pt")
+    path = write_release_file(name, reference, tmp_path / "release.pt")
     shallow = build(name, pretrained=True, encoder_weights=str(path), **{**TINY, "output_layers": [0]})
     assert len(shallow.blocks) == 1
     assert getattr(shallow, "norm", None) is None  # DOFA's final norm belongs to the unbuilt last block
@@ -134,7 +94,7 @@ def test_only_blocks_up_to_the_last_output_are_loaded(name: str, tmp_path: Path)
 def test_prithvi_multi_temporal_input(tmp_path: Path) -> None:
     overrides = {**TINY, "num_frames": 3}
     reference = build("prithvi", pretrained=False, **overrides)
-    path = release_file("prithvi", reference, tmp_path / "release.pt", layout="flat")
+    path = write_release_file("prithvi", reference, tmp_path / "release.pt", layout="flat")
     loaded = build("prithvi", pretrained=True, encoder_weights=str(path), **overrides)
     # The 3-frame release table is used as is: no adaptation.
     assert torch.equal(loaded.pos_embed, torch.load(path)["pos_embed"])
@@ -174,7 +134,7 @@ def test_sincos_pos_embed_3d_matches_the_formula() -> None:
 
 def test_dofa_pos_embed_interpolated_from_the_file(tmp_path: Path) -> None:
     reference = build("dofa", pretrained=False, **TINY)
-    checkpoint = dofa_release(reference)
+    checkpoint = release_checkpoint("dofa", reference)
     checkpoint["pos_embed"] = torch.randn_like(checkpoint["pos_embed"])  # tell the file's table apart
     torch.save(checkpoint, tmp_path / "release.pth")
     weights = str(tmp_path / "release.pth")
@@ -191,7 +151,7 @@ def test_dofa_pos_embed_interpolated_from_the_file(tmp_path: Path) -> None:
 
 
 def test_dofa_takes_any_band_list_with_the_same_file(tmp_path: Path) -> None:
-    weights = str(release_file("dofa", build("dofa", pretrained=False, **TINY), tmp_path / "release.pth"))
+    weights = str(write_release_file("dofa", build("dofa", pretrained=False, **TINY), tmp_path / "release.pth"))
 
     def dofa(bands: dict):
         return build("dofa", pretrained=True, dataset_bands=bands, encoder_weights=weights, **TINY)
@@ -210,7 +170,7 @@ def test_dofa_takes_any_band_list_with_the_same_file(tmp_path: Path) -> None:
 
 def test_prithvi_pos_embed_recomputed_for_frames_and_grid(tmp_path: Path, caplog) -> None:
     reference = build("prithvi", pretrained=False, **TINY)
-    path = release_file("prithvi", reference, tmp_path / "release.pt", layout="flat")
+    path = write_release_file("prithvi", reference, tmp_path / "release.pt", layout="flat")
     file_table = torch.load(path)["pos_embed"]  # 3 frames of 14x14
     with caplog.at_level(logging.INFO, logger="benchmark.models.encoders.prithvi"):
         one_frame = build("prithvi", pretrained=True, encoder_weights=str(path), **TINY)
@@ -248,23 +208,23 @@ def test_full_size_random_init_needs_no_file(name: str, shape: tuple[int, ...], 
 
 
 def test_dofa_file_given_to_prithvi(tmp_path: Path) -> None:
-    path = release_file("dofa", build("dofa", pretrained=False, **TINY), tmp_path / "dofa.pth")
+    path = write_release_file("dofa", build("dofa", pretrained=False, **TINY), tmp_path / "dofa.pth")
     assert re.search(r"expected a Prithvi MAE checkpoint.*DOFA", load_error("prithvi", path, **TINY))
 
 
 def test_prithvi_file_given_to_dofa(tmp_path: Path) -> None:
-    path = release_file("prithvi", build("prithvi", pretrained=False, **TINY), tmp_path / "p.pt", "flat")
+    path = write_release_file("prithvi", build("prithvi", pretrained=False, **TINY), tmp_path / "p.pt", "flat")
     assert re.search(r"expected a DOFA checkpoint.*Prithvi", load_error("dofa", path, **TINY))
 
 
 def test_truncated_file(tmp_path: Path) -> None:
-    path = release_file("prithvi", build("prithvi", pretrained=False, **TINY), tmp_path / "p.pt")
+    path = write_release_file("prithvi", build("prithvi", pretrained=False, **TINY), tmp_path / "p.pt")
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     assert "truncated" in load_error("prithvi", path, **TINY)
 
 
 def test_file_with_a_missing_key(tmp_path: Path) -> None:
-    checkpoint = dofa_release(build("dofa", pretrained=False, **TINY))
+    checkpoint = release_checkpoint("dofa", build("dofa", pretrained=False, **TINY))
     del checkpoint["blocks.0.attn.qkv.bias"]
     torch.save(checkpoint, tmp_path / "dofa.pth")
     assert "missing keys (1): blocks.0.attn.qkv.bias" in load_error("dofa", tmp_path / "dofa.pth", **TINY)
@@ -272,7 +232,7 @@ def test_file_with_a_missing_key(tmp_path: Path) -> None:
 
 def test_prithvi_file_for_another_band_count(tmp_path: Path) -> None:
     four_bands = build("prithvi", pretrained=False, input_bands={"optical": ["B2", "B3", "B4", "B8A"]}, **TINY)
-    path = release_file("prithvi", four_bands, tmp_path / "p.pt")
+    path = write_release_file("prithvi", four_bands, tmp_path / "p.pt")
     assert re.search(r"takes 4 bands.*configured with 6", load_error("prithvi", path, **TINY))
 
 

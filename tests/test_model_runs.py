@@ -1,0 +1,87 @@
+"""Every encoder family and every decoder end to end through benchmark/run.py (tiny shapes, synthetic
+data): frozen from a release-layout file, random init, unfrozen, and under torchrun on two CPU processes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from conftest import REPO, TINY_DECODERS, TINY_ENCODERS, only_run_dir, run_benchmark, tiny_overrides
+from release_layouts import write_release_file
+
+pytestmark = pytest.mark.slow
+FAMILY_FILES = {
+    "ssl4eo_mae_optical": "B13_vits16_mae_0099_ckpt.pth",
+    "dofa": "DOFA_ViT_base_e100.pth",
+    "prithvi": "Prithvi_EO_V1_100M.pt",
+    "croma_optical": "CROMA_base.pt",
+}
+
+
+def release_weights(overrides: list[str], name: str, path: Path) -> Path:
+    """Build the encoder exactly as run.py composes it and save it in its release layout."""
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides)
+    torch.manual_seed(3)
+    return write_release_file(name, instantiate(cfg.encoder, pretrained=False, _convert_="all"), path)
+
+
+def finished(work_dir: Path) -> dict:
+    results = json.loads((only_run_dir(work_dir) / "results.json").read_text())
+    assert results["status"] == "completed"
+    assert 0.0 <= results["test"]["mIoU"] <= 1.0 and results["test"]["pixels"] > 0
+    return results
+
+
+@pytest.mark.parametrize("encoder", list(TINY_ENCODERS))
+def test_encoder_family_runs_frozen_from_its_release_file_and_random(encoder: str, synthetic_root: Path, tmp_path: Path) -> None:
+    base = tiny_overrides(synthetic_root, tmp_path / "frozen", encoder=encoder) + ["task.trainer.n_epochs=1"]
+    weights = release_weights(base, encoder, tmp_path / "pretrained_models" / FAMILY_FILES[encoder])
+    run_benchmark(base + ["mode=frozen", f"encoder.encoder_weights={weights}"])
+    frozen = finished(tmp_path / "frozen")
+    assert frozen["config"]["encoder"] == encoder and frozen["config"]["mode"] == "frozen"
+    assert frozen["cost"]["trainable_params"] == frozen["cost"]["total_params"] - frozen["cost"]["encoder_params"]
+
+    random_args = tiny_overrides(synthetic_root, tmp_path / "random", encoder=encoder) + [
+        "task.trainer.n_epochs=1", f"encoder.encoder_weights={tmp_path / 'absent.pth'}",
+    ]
+    run_benchmark(random_args)
+    assert finished(tmp_path / "random")["config"]["encoder_weights"] is None
+
+
+@pytest.mark.parametrize("decoder", list(TINY_DECODERS))
+def test_decoder_runs_frozen_and_unfrozen_under_torchrun(decoder: str, synthetic_root: Path, tmp_path: Path) -> None:
+    base = tiny_overrides(synthetic_root, tmp_path / "frozen", decoder=decoder) + ["task.trainer.n_epochs=1"]
+    weights = release_weights(base, "ssl4eo_mae_optical", tmp_path / "mae.pth")
+    run_benchmark(base + ["mode=frozen", f"encoder.encoder_weights={weights}"])
+    frozen = finished(tmp_path / "frozen")
+    assert frozen["config"]["decoder"] == decoder
+    assert frozen["cost"]["trainable_params"] == frozen["cost"]["total_params"] - frozen["cost"]["encoder_params"]
+
+    unfrozen_args = tiny_overrides(synthetic_root, tmp_path / "unfrozen", decoder=decoder) + [
+        "task.trainer.n_epochs=1", "mode=unfrozen", f"encoder.encoder_weights={weights}",
+    ]
+    run_benchmark(unfrozen_args, nproc=2)
+    unfrozen = finished(tmp_path / "unfrozen")
+    assert unfrozen["config"]["mode"] == "unfrozen" and unfrozen["config"]["world_size"] == 2
+    assert unfrozen["cost"]["trainable_params"] > frozen["cost"]["trainable_params"]
+
+
+def test_resize_input_layer_feeds_whole_tiles_to_the_encoder(synthetic_root: Path, tmp_path: Path) -> None:
+    """seg_resize_input_layer: the encoder is built at the tile size (64 px -> 4x4 grid at patch 16)
+    and its release position table (2x2 grid at 32 px) is interpolated when loaded."""
+    base = tiny_overrides(synthetic_root, tmp_path / "wd") + ["task.trainer.n_epochs=1"]
+    weights = release_weights(base, "ssl4eo_mae_optical", tmp_path / "mae.pth")
+    args = base + ["mode=frozen", f"encoder.encoder_weights={weights}", "preprocessing=seg_resize_input_layer"]
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[a for a in args if not a.startswith("work_dir")])
+    assert cfg.encoder.input_size == cfg.dataset.img_size == 64
+    assert all(step["_target_"].endswith(("NormalizeMeanStd", "BandAdapter", "RandomCrop", "RandomFlip")) for step in cfg.preprocessing.train)
+    result = run_benchmark(args)
+    assert "interpolating pos_embed from a 2x2 to a 4x4 token grid" in result.stdout
+    finished(tmp_path / "wd")
