@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import logging
 import platform
@@ -24,9 +25,35 @@ class RunDirError(RuntimeError):
     """The requested run directory cannot be used as asked."""
 
 
-def run_stem(choices: dict[str, str], mode: str, seed: int) -> str:
-    """``<dataset>_<encoder>_<decoder>_<mode>_s<seed>``: the part of a run name that identifies the job."""
-    return f"{choices['dataset']}_{choices['encoder']}_{choices['decoder']}_{mode}_s{seed}"
+# Overrides that say where or how a run executes, not what it computes: they do not make a new job.
+EXECUTION_KEYS = frozenset({
+    "work_dir", "run_dir", "resume", "device", "num_workers", "test_num_workers", "use_wandb",
+    "wandb_project", "task.trainer.use_wandb", "task.trainer.log_interval", "task.trainer.ckpt_interval",
+    "dataset.root_path", "cache", "cache_dir", "nproc_per_node",
+})
+# Overrides already spelled out in the run name.
+NAMED_KEYS = frozenset({"dataset", "encoder", "decoder", "mode", "finetune", "seed"})
+
+
+def setting_overrides() -> list[str]:
+    """The command-line overrides of this Hydra job that change what the run computes, sorted."""
+    from hydra.core.hydra_config import HydraConfig
+
+    overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
+    keys = EXECUTION_KEYS | NAMED_KEYS
+    return sorted(o for o in overrides if o.lstrip("+~").split("=", 1)[0] not in keys)
+
+
+def run_stem(choices: dict[str, str], mode: str, seed: int, settings: list[str]) -> str:
+    """``<dataset>_<encoder>_<decoder>_<mode>_s<seed>[_<hash of other settings>]``: the job's identity.
+
+    Runs that differ only in other overrides (``optimizer.lr=...``, ``experiment=...``) get a short hash
+    of those overrides, so that ``resume=true`` never mistakes one for the other.
+    """
+    stem = f"{choices['dataset']}_{choices['encoder']}_{choices['decoder']}_{mode}_s{seed}"
+    if settings:
+        stem += "_" + hashlib.sha1("\n".join(settings).encode()).hexdigest()[:8]
+    return stem
 
 
 def find_resumable(work_dir: Path, stem: str) -> Path | None:
@@ -57,7 +84,7 @@ def choose_run_dir(cfg: DictConfig, choices: dict[str, str], mode: str, ctx: Dis
 
 def _decide(cfg: DictConfig, choices: dict[str, str], mode: str) -> tuple[str, bool]:
     work_dir = Path(cfg.work_dir)
-    stem = run_stem(choices, mode, cfg.seed)
+    stem = run_stem(choices, mode, cfg.seed, setting_overrides())
     if cfg.run_dir:
         path = Path(cfg.run_dir)
         has_checkpoint = (path / "checkpoints" / "last.pt").is_file()
@@ -70,7 +97,7 @@ def _decide(cfg: DictConfig, choices: dict[str, str], mode: str) -> tuple[str, b
             raise RunDirError(f"{path} exists already (two runs of the same job started in one second?)")
         has_checkpoint = (path / "checkpoints" / "last.pt").is_file()
     if cfg.resume and not has_checkpoint:
-        log.warning("resume=true but %s has no checkpoints/last.pt: starting a new run", path)
+        log.info("resume=true: no earlier checkpoint of this job, starting %s", path)
     path.mkdir(parents=True, exist_ok=True)
     return str(path), bool(cfg.resume and has_checkpoint)
 
@@ -127,4 +154,5 @@ def summary(cfg: DictConfig, choices: dict[str, str], mode: str, ctx: DistContex
         "batch_size_per_process": int(cfg.batch_size),
         "world_size": ctx.world_size,
         "device": str(ctx.device),
+        "settings": setting_overrides(),
     }

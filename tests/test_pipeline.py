@@ -121,7 +121,8 @@ def test_torchrun_two_cpu_processes_complete_a_run_with_wandb_offline(synthetic_
     results = read_results(run_dir)
     assert results["status"] == "completed" and results["config"]["world_size"] == 2
     assert (run_dir / "wandb").is_dir(), "rank 0 logged to wandb (offline)"
-    assert len(list(tmp_path.joinpath("wd").iterdir())) == 1, "both ranks share one run folder"
+    folders = [p for p in tmp_path.joinpath("wd").iterdir() if p.name != "cache"]  # cache: shared by runs
+    assert len(folders) == 1, "both ranks share one run folder"
 
 
 def test_resume_after_sigkill_ends_with_the_same_metrics(synthetic_root: Path, tmp_path: Path) -> None:
@@ -181,3 +182,16 @@ def test_frozen_run_without_weights_offline_fails_and_names_the_file(synthetic_r
     output = result.stdout + result.stderr
     assert str(missing) in output and "mode=random" in output
     assert read_results(only_run_dir(tmp_path / "wd"))["status"] == "failed"
+
+
+def test_resume_tells_jobs_apart_by_their_other_settings(synthetic_root: Path, tmp_path: Path) -> None:
+    args = tiny_overrides(synthetic_root, tmp_path / "wd") + ["task.trainer.n_epochs=1", "resume=true"]
+    run_benchmark(args)
+    other_lr = run_benchmark(args + ["optimizer.lr=0.01"])
+    assert "already completed" not in other_lr.stdout, "a run with another learning rate is another job"
+    runs = sorted(p for p in (tmp_path / "wd").iterdir() if (p / "results.json").is_file())
+    assert len(runs) == 2
+    settings = [read_results(r)["config"]["settings"] for r in runs]
+    assert any("optimizer.lr=0.01" in s for s in settings)
+    again = run_benchmark(args + ["optimizer.lr=0.01", "num_workers=1"])
+    assert "already completed" in again.stdout, "execution-only keys do not make a new job"
