@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -15,6 +16,7 @@ from benchmark.data.loaders import EpochShuffleSampler, ShardSampler, make_loade
 from benchmark.data.preprocessing import PreprocessedDataset
 from benchmark.distributed import DistContext, barrier
 from benchmark.engine.evaluator import Evaluator
+from benchmark.engine.feature_cache import FeatureCache, main_then_share, weights_sha256
 from benchmark.engine.trainer import resolve_precision
 from benchmark.models.segmentor import Segmentor
 
@@ -28,15 +30,59 @@ def build_dataset(cfg: DictConfig, split: str, ctx: DistContext) -> Preprocessed
     """
     if not ctx.is_main:
         barrier()
-    dataset = instantiate(cfg.dataset, split=split, _convert_="all")
+    raster_cache = str(Path(cfg.cache_dir) / "rasters") if cfg.cache else None
+    dataset = instantiate(cfg.dataset, split=split, cache_dir=raster_cache, _convert_="all")
     if ctx.is_main:
         barrier()
     steps = [instantiate(step, _convert_="all") for step in cfg.preprocessing[split]]
     return PreprocessedDataset(dataset, steps, seed=cfg.seed)
 
 
-def train_loader(cfg: DictConfig, ctx: DistContext) -> DataLoader:
+def resolve_train_crop_stride(cfg: DictConfig, mode: str) -> int:
+    """``train_crop_stride``; null means half the encoder window in frozen mode (a fixed grid of windows
+    whose encoder features can be cached) and 1 (crops anywhere, PANGAEA) when the encoder trains."""
+    if cfg.train_crop_stride is not None:
+        return int(cfg.train_crop_stride)
+    return max(1, int(cfg.encoder.input_size) // 2) if mode == "frozen" else 1
+
+
+def cache_key(cfg: DictConfig, split: str) -> dict[str, Any]:
+    """The dataset and preprocessing settings that the encoder features of ``split`` depend on."""
+    dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
+    for where in ("root_path", "download_url", "auto_download"):  # the data files are fingerprinted instead
+        dataset.pop(where, None)
+    return {"dataset": dataset, "preprocessing": OmegaConf.to_container(cfg.preprocessing[split], resolve=True)}
+
+
+def build_feature_cache(cfg: DictConfig, mode: str, model: Segmentor, ctx: DistContext) -> FeatureCache | None:
+    """The frozen-encoder feature cache (``cache=true`` in frozen mode), else None."""
+    if not cfg.cache:
+        return None
+    if mode != "frozen":
+        log.info("cache=true: decoded rasters are cached; encoder features are not (mode=%s trains the encoder)", mode)
+        return None
+    root = Path(cfg.cache_dir)
+    encoder = OmegaConf.to_container(cfg.encoder, resolve=True)
+    weights = Path(encoder.pop("encoder_weights"))
+    encoder.pop("download_url", None)
+    return FeatureCache(
+        root / "features",
+        model.encoder,
+        {"config": encoder, "weights_sha256": main_then_share(ctx, lambda: weights_sha256(weights, root))},
+        ctx,
+        precision=resolve_precision(cfg.task.trainer.precision, ctx.device),
+        dtype=cfg.cache_dtype,
+        batch_size=cfg.task.evaluator.sliding_inference_batch,
+        num_workers=cfg.test_num_workers,
+    )
+
+
+def train_loader(cfg: DictConfig, ctx: DistContext, features: FeatureCache | None = None) -> DataLoader:
+    """Training batches: preprocessed crops, or their cached encoder features when ``features`` covers them."""
     dataset = build_dataset(cfg, "train", ctx)
+    if features is not None:
+        cached = features.train_windows(dataset, cache_key(cfg, "train"))
+        dataset = dataset if cached is None else cached
     if len(dataset) < cfg.batch_size * ctx.world_size:
         raise ValueError(
             f"{len(dataset)} training samples are fewer than one batch ({cfg.batch_size} x "
@@ -48,30 +94,53 @@ def train_loader(cfg: DictConfig, ctx: DistContext) -> DataLoader:
     )
 
 
-def eval_loader(cfg: DictConfig, split: str, ctx: DistContext) -> DataLoader:
+def eval_stride(cfg: DictConfig, window: int) -> int:
+    return cfg.task.evaluator.stride or max(1, window // 2)
+
+
+def eval_loader(cfg: DictConfig, split: str, ctx: DistContext, features: FeatureCache | None = None) -> DataLoader:
+    """Full tiles of ``split``, or the cached encoder features of their sliding windows."""
     dataset = build_dataset(cfg, split, ctx)
+    if features is not None:
+        window = features.encoder.input_size
+        dataset = features.eval_tiles(dataset, split, window, eval_stride(cfg, window), cache_key(cfg, split))
     sampler = ShardSampler(len(dataset), ctx.rank, ctx.world_size)
     return make_loader(dataset, sampler, cfg.test_batch_size, cfg.test_num_workers, ctx.device.type == "cuda")
 
 
 def build_segmentor(cfg: DictConfig, mode: str, ctx: DistContext) -> Segmentor:
-    """Encoder (release weights unless ``mode=random``) + decoder, on ``ctx.device``."""
+    """Encoder (release weights unless ``mode=random``) + decoder, on ``ctx.device``.
+
+    On CUDA the decoder's convolutions use channels_last; ``task.trainer.compile`` compiles encoder and
+    decoder (in place: checkpoints keep their keys).
+    """
     encoder = instantiate(cfg.encoder, pretrained=mode != "random", _convert_="all")
     decoder = instantiate(cfg.decoder, in_dims=encoder.output_dims, _convert_="all")
     model = Segmentor(encoder, decoder, mode)
     if ctx.distributed and ctx.device.type == "cuda":
         # BatchNorm statistics are shared across GPUs under DDP; on CPU (gloo) plain BatchNorm stays.
         model.decoder = nn.SyncBatchNorm.convert_sync_batchnorm(model.decoder)
-    return model.to(ctx.device)
+    model = model.to(ctx.device)
+    if ctx.device.type == "cuda":
+        model.decoder.to(memory_format=torch.channels_last)
+    if cfg.task.trainer.compile:
+        model.encoder.compile()
+        model.decoder.compile()
+    return model
 
 
 def build_optimizer(cfg: DictConfig, model: Segmentor) -> torch.optim.Optimizer:
-    """``cfg.optimizer`` over the trainable parameters; the encoder's LR scaled by ``encoder_lr_scale``."""
+    """``cfg.optimizer`` over the trainable parameters; the encoder's LR scaled by ``encoder_lr_scale``.
+
+    Adam and AdamW use their fused kernel when the model is on CUDA.
+    """
     groups: list[dict[str, Any]] = [{"params": [p for p in model.decoder.parameters() if p.requires_grad]}]
     if model.encoder_trains:
         params = [p for p in model.encoder.parameters() if p.requires_grad]
         groups.append({"params": params, "lr": cfg.optimizer.lr * cfg.encoder_lr_scale})
-    return instantiate(cfg.optimizer)(groups)
+    factory = instantiate(cfg.optimizer)
+    fused = factory.func in (torch.optim.Adam, torch.optim.AdamW) and groups[0]["params"][0].is_cuda
+    return factory(groups, fused=True) if fused else factory(groups)
 
 
 def build_evaluator(cfg: DictConfig, loader: DataLoader, window: int, ctx: DistContext) -> Evaluator:
@@ -84,7 +153,7 @@ def build_evaluator(cfg: DictConfig, loader: DataLoader, window: int, ctx: DistC
         ignore_index=cfg.dataset.ignore_index,
         class_names=list(cfg.dataset.classes),
         window=window,
-        stride=evaluator_cfg.stride or max(1, window // 2),
+        stride=eval_stride(cfg, window),
         ctx=ctx,
         inference_batch=evaluator_cfg.sliding_inference_batch,
         precision=resolve_precision(cfg.task.trainer.precision, ctx.device),

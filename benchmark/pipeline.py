@@ -64,6 +64,7 @@ def train(cfg: DictConfig) -> dict[str, Any] | None:
     try:
         setup_logging(ctx, None)
         mode = resolve_mode(cfg.mode, cfg.finetune)
+        cfg.train_crop_stride = builders.resolve_train_crop_stride(cfg, mode)
         choices = hydra_choices()
         run_dir, resuming = choose_run_dir(cfg, choices, mode, ctx)
         finished = completed_results(run_dir) if cfg.resume else None
@@ -80,9 +81,10 @@ def train(cfg: DictConfig) -> dict[str, Any] | None:
         model = builders.build_segmentor(cfg, mode, ctx)
         counts = model.parameter_counts()
         log.info("Parameters: %s total, %s trainable", f"{counts['total_params']:,}", f"{counts['trainable_params']:,}")
-        train_loader = builders.train_loader(cfg, ctx)
+        features = builders.build_feature_cache(cfg, mode, model, ctx)
+        train_loader = builders.train_loader(cfg, ctx, features)
         window = model.encoder.input_size
-        val_evaluator = builders.build_evaluator(cfg, builders.eval_loader(cfg, "val", ctx), window, ctx)
+        val_evaluator = builders.build_evaluator(cfg, builders.eval_loader(cfg, "val", ctx, features), window, ctx)
         optimizer = builders.build_optimizer(cfg, model)
         scheduler = instantiate(cfg.lr_scheduler)(optimizer, total_iters=len(train_loader) * cfg.task.trainer.n_epochs)
         criterion = instantiate(cfg.criterion).to(ctx.device)
@@ -108,8 +110,10 @@ def train(cfg: DictConfig) -> dict[str, Any] | None:
         barrier()  # rank 0 has written best.pt
         best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
         model.load_trainable_state_dict(best["model"])
-        test_evaluator = builders.build_evaluator(cfg, builders.eval_loader(cfg, "test", ctx), window, ctx)
+        test_evaluator = builders.build_evaluator(cfg, builders.eval_loader(cfg, "test", ctx, features), window, ctx)
+        test_started = time.perf_counter()
         test_metrics = test_evaluator.evaluate(model, desc="test")
+        test_seconds = time.perf_counter() - test_started
         log.info(
             "Test (best epoch %d): mIoU %.4f  %s",
             best["epoch"] + 1, test_metrics["mIoU"],
@@ -126,7 +130,11 @@ def train(cfg: DictConfig) -> dict[str, Any] | None:
                 **counts,
                 "wall_time_s": time.time() - started,
                 "train_time_s": trainer.train_seconds,
+                "epoch_time_s": trainer.train_seconds / trainer.n_epochs,
                 "train_images_per_s": trainer.train_images / max(trainer.train_seconds, 1e-9),
+                "val_time_s": trainer.eval_seconds,
+                "test_time_s": test_seconds,
+                "feature_cache_time_s": features.seconds if features is not None else 0.0,
                 "peak_memory_mb": peak_memory_mb(ctx.device),
             },
             "versions": package_versions(),
@@ -190,7 +198,8 @@ def test(cfg: DictConfig) -> dict[str, Any]:
         model = builders.build_segmentor(run_cfg, run_cfg.mode, ctx)
         checkpoint = load_checkpoint(checkpoint_path)
         model.load_trainable_state_dict(checkpoint["model"])
-        loader = builders.eval_loader(run_cfg, cfg.split, ctx)
+        features = builders.build_feature_cache(run_cfg, run_cfg.mode, model, ctx)
+        loader = builders.eval_loader(run_cfg, cfg.split, ctx, features)
         evaluator = builders.build_evaluator(run_cfg, loader, model.encoder.input_size, ctx)
         metrics = evaluator.evaluate(model, desc=cfg.split)
         log.info("%s on %s (%d process(es)): mIoU %.4f", checkpoint_path, cfg.split, ctx.world_size, metrics["mIoU"])

@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import Dataset
 
 from benchmark.data.bands import canonical_band_dict
+from benchmark.data.raster_cache import RasterCache
 from benchmark.download import DownloadError, download_file
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,16 @@ def split_train_val(stems: Sequence[str], val_fraction: float, seed: int) -> tup
     return train, val
 
 
+def read_image(path: Path) -> np.ndarray:
+    with rasterio.open(path) as src:
+        return src.read().astype(np.float32, copy=False)
+
+
+def read_mask(path: Path) -> np.ndarray:
+    with rasterio.open(path) as src:
+        return src.read(1)
+
+
 def extract_archive(archive: Path, root: Path) -> None:
     """Extract a .tar.gz so that ``root/training`` and ``root/validation`` exist.
 
@@ -104,6 +115,8 @@ class HLSBurnScars(Dataset):
         num_classes, classes: label description.
         download_url: archive fetched when ``root_path`` is missing and ``auto_download`` is set.
         val_fraction, split_seed: the train/val split of ``training/``.
+        cache_dir: folder where decoded scenes are kept (:class:`~benchmark.data.raster_cache.RasterCache`),
+            so that each GeoTIFF is decoded once; None decodes them on every read.
         Other keys of the PANGAEA config (``dataset_name``, ``img_size``, ``multi_temporal``,
         ``multi_modal``, ``distribution``) are accepted and kept as attributes.
     """
@@ -127,6 +140,7 @@ class HLSBurnScars(Dataset):
         multi_temporal: bool | int = False,
         multi_modal: bool = False,
         distribution: Sequence[float] | None = None,
+        cache_dir: str | None = None,
     ) -> None:
         if split not in SPLIT_FOLDERS:
             raise ValueError(f"split must be train, val or test, got {split!r}")
@@ -144,6 +158,7 @@ class HLSBurnScars(Dataset):
         self.multi_modal = multi_modal
         self.distribution = list(distribution) if distribution is not None else None
         self.download_url = download_url
+        self.raster_cache = RasterCache(cache_dir) if cache_dir else None
         if len(self.classes) != self.num_classes:
             raise ValueError(f"{len(self.classes)} class names for num_classes={self.num_classes}")
         self.ensure_files(auto_download)
@@ -182,13 +197,17 @@ class HLSBurnScars(Dataset):
     def __len__(self) -> int:
         return len(self.scenes)
 
+    def source_files(self) -> list[Path]:
+        """The files this split reads (images and masks)."""
+        return [path for _, image_path, mask_path in self.scenes for path in (image_path, mask_path)]
+
     def read_scene(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Raw ``(image float32 (C, H, W), mask int16 (H, W))`` of one scene from its GeoTIFFs."""
         stem, image_path, mask_path = self.scenes[index]
-        with rasterio.open(image_path) as src:
-            image = src.read().astype(np.float32, copy=False)
-        with rasterio.open(mask_path) as src:
-            mask = src.read(1)
+        if self.raster_cache is None:
+            image, mask = read_image(image_path), read_mask(mask_path)
+        else:
+            image, mask = self.raster_cache.load(image_path, read_image), self.raster_cache.load(mask_path, read_mask)
         n_bands = len(self.bands["optical"])
         if image.shape[0] != n_bands:
             raise DatasetFilesError(f"{image_path} has {image.shape[0]} bands; the config lists {n_bands}")

@@ -5,6 +5,10 @@ arguments from the dataset and encoder configs by interpolation, so a step never
 dataset or encoder it serves. Random steps draw from the ``numpy`` generator they are given, which
 the dataset wrapper seeds from (seed, epoch, index): the same sample gets the same crop whatever the
 number of workers or processes, and a resumed run repeats the uninterrupted one.
+
+Each step says whether it is ``deterministic`` (draws nothing from the generator and gives the same
+output for the same input): the frozen-encoder feature cache can precompute everything but the choice
+of the training crop, so it accepts only deterministic steps besides :class:`RandomCrop`.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from benchmark.data.bands import canonical_band_dict
+from benchmark.data.windows import window_grid, window_starts
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +44,8 @@ class BandConfigError(ValueError):
 class NormalizeMeanStd:
     """``(x - mean) / std`` per band, with the dataset's statistics ``{modality: [per band]}``."""
 
+    deterministic = True
+
     def __init__(self, data_mean: Mapping[str, Sequence[float]], data_std: Mapping[str, Sequence[float]]) -> None:
         self.mean = {m: torch.tensor(v, dtype=torch.float32).view(-1, 1, 1, 1) for m, v in data_mean.items()}
         self.std = {m: torch.tensor(v, dtype=torch.float32).view(-1, 1, 1, 1) for m, v in data_std.items()}
@@ -54,6 +61,8 @@ class BandAdapter:
     Bands the encoder needs but the dataset lacks are filled with 0, the mean after normalisation
     (reported once). A whole modality the encoder needs but the dataset lacks is a config error.
     """
+
+    deterministic = True
 
     def __init__(self, dataset_bands: Mapping[str, Sequence[str]], encoder_bands: Mapping[str, Sequence[str]]) -> None:
         dataset_bands = canonical_band_dict(dataset_bands)
@@ -91,22 +100,52 @@ class BandAdapter:
 
 
 class RandomCrop:
-    """A random ``size`` x ``size`` crop of image and target; smaller tiles are padded first
-    (image with 0 = the normalised mean, target with ``ignore_index``)."""
+    """A ``size`` x ``size`` crop at a position drawn uniformly from the grid of window starts at
+    ``stride`` (:func:`~benchmark.data.windows.window_grid`); ``stride=1`` allows every position
+    (PANGAEA's random crop). Smaller tiles are padded first (image with 0 = the normalised mean,
+    target with ``ignore_index``).
 
-    def __init__(self, size: int, ignore_index: int = -1) -> None:
+    A coarser stride gives each tile a fixed, small set of windows whose frozen-encoder features can
+    be cached; the draw is the same whether they are cached or not (:meth:`draw`).
+    """
+
+    deterministic = False
+
+    def __init__(self, size: int, ignore_index: int = -1, stride: int = 1) -> None:
+        if stride is None or not 1 <= stride <= size:
+            raise ValueError(f"RandomCrop stride must be in [1, size={size}], got {stride} (train_crop_stride)")
         self.size = int(size)
         self.ignore_index = int(ignore_index)
+        self.stride = int(stride)
+
+    def grid(self, height: int, width: int) -> list[tuple[int, int]]:
+        """``(top, left)`` of the windows of a ``height`` x ``width`` (padded) tile, in draw order."""
+        return window_grid(height, width, self.size, self.stride)
+
+    def draw(self, height: int, width: int, rng: np.random.Generator) -> int:
+        """Index in :meth:`grid` of the window ``rng`` picks for a (padded) tile: a row, then a column."""
+        rows = len(window_starts(height, self.size, self.stride))
+        columns = len(window_starts(width, self.size, self.stride))
+        return int(rng.integers(rows)) * columns + int(rng.integers(columns))
+
+    def windows(self, sample: Sample) -> list[Sample]:
+        """Every window of the grid, in :meth:`grid` order."""
+        sample = pad_to(sample, self.size, self.ignore_index)
+        return [self.cut(sample, top, left) for top, left in self.grid(*sample["target"].shape)]
+
+    def cut(self, sample: Sample, top: int, left: int) -> Sample:
+        rows, columns = slice(top, top + self.size), slice(left, left + self.size)
+        return {
+            **sample,
+            "image": {m: x[..., rows, columns] for m, x in sample["image"].items()},
+            "target": sample["target"][rows, columns],
+        }
 
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
         sample = pad_to(sample, self.size, self.ignore_index)
         h, w = sample["target"].shape
-        top = int(rng.integers(0, h - self.size + 1))
-        left = int(rng.integers(0, w - self.size + 1))
-        window = (slice(top, top + self.size), slice(left, left + self.size))
-        sample["image"] = {m: x[..., window[0], window[1]] for m, x in sample["image"].items()}
-        sample["target"] = sample["target"][window]
-        return sample
+        top, left = self.grid(h, w)[self.draw(h, w, rng)]
+        return self.cut(sample, top, left)
 
 
 class RandomFlip:
@@ -115,6 +154,10 @@ class RandomFlip:
     def __init__(self, horizontal: float = 0.5, vertical: float = 0.5) -> None:
         self.horizontal = float(horizontal)
         self.vertical = float(vertical)
+
+    @property
+    def deterministic(self) -> bool:
+        return not (self.horizontal or self.vertical)
 
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
         for probability, axis in ((self.horizontal, -1), (self.vertical, -2)):
@@ -126,6 +169,8 @@ class RandomFlip:
 
 class Resize:
     """Resize image (bilinear) and target (nearest) to ``size`` x ``size``."""
+
+    deterministic = True
 
     def __init__(self, size: int) -> None:
         self.size = int(size)
@@ -153,6 +198,11 @@ def pad_to(sample: Sample, size: int, ignore_index: int) -> Sample:
     return sample
 
 
+def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """The generator of the random steps for sample ``index`` in ``epoch``."""
+    return np.random.default_rng([seed, epoch, index])
+
+
 class PreprocessedDataset(Dataset):
     """Applies a list of steps to a dataset's samples.
 
@@ -170,7 +220,7 @@ class PreprocessedDataset(Dataset):
 
     def __getitem__(self, key: int | tuple[int, int]) -> Sample:
         index, epoch = key if isinstance(key, tuple) else (key, 0)
-        rng = np.random.default_rng([self.seed, epoch, index])
+        rng = sample_rng(self.seed, epoch, index)
         sample = dict(self.dataset[index])  # steps replace entries; never alter the source's dict
         for step in self.steps:
             sample = step(sample, rng)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from benchmark.data.windows import window_grid, window_starts  # noqa: F401  (window_starts: public here too)
 from benchmark.distributed import DistContext, all_reduce_sum
 from benchmark.engine.metrics import confusion_matrix_metric, segmentation_metrics
 
@@ -19,23 +20,49 @@ log = logging.getLogger(__name__)
 Model = Callable[[dict[str, torch.Tensor], tuple[int, int]], torch.Tensor]
 
 
-def window_starts(length: int, window: int, stride: int) -> list[int]:
-    """Start offsets of windows of size ``window`` covering ``[0, length)``; the last one ends at the edge."""
-    if stride < 1 or stride > window:
-        raise ValueError(f"stride must be in [1, window={window}], got {stride}")
-    if length <= window:
-        return [0]
-    starts = list(range(0, length - window + 1, stride))
-    if starts[-1] != length - window:
-        starts.append(length - window)
-    return starts
-
-
 def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """bf16 autocast for ``precision == "bf16"`` on CUDA; full precision otherwise."""
     if precision == "bf16" and device.type == "cuda":
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """The model inputs of a batch on ``device``: ``image`` (a dict of modalities) or, from the feature
+    cache, ``features`` (a list of encoder outputs, stored in half precision, returned as float32)."""
+    if "features" in batch:
+        return {"features": [f.to(device, non_blocking=True).float() for f in batch["features"]]}
+    return {"image": {m: x.to(device, non_blocking=True) for m, x in batch["image"].items()}}
+
+
+def blend_windows(
+    predict: Callable[[range], torch.Tensor],
+    positions: Sequence[tuple[int, int]],
+    tiles: int,
+    height: int,
+    width: int,
+    window: int,
+    num_classes: int,
+    batch_size: int,
+    device: torch.device,
+) -> torch.Tensor:
+    """Logits (B, K, H, W) of ``tiles`` tiles, averaged over their overlapping windows.
+
+    ``predict(ks)`` returns the logits of the windows ``positions[k]`` for ``k`` in ``ks``, window-major
+    (all B tiles of the first window, then the next): ``(len(ks) * B, K, window, window)``. Windows go
+    in chunks of ``batch_size // B``. Tiles smaller than the window are padded, the logits cropped.
+    """
+    ph, pw = max(height, window), max(width, window)
+    logits = torch.zeros((tiles, num_classes, ph, pw), device=device)
+    counts = torch.zeros((1, 1, ph, pw), device=device)
+    per_call = max(1, batch_size // tiles)
+    for first in range(0, len(positions), per_call):
+        ks = range(first, min(first + per_call, len(positions)))
+        for k, part in zip(ks, predict(ks).float().split(tiles)):
+            top, left = positions[k]
+            logits[..., top : top + window, left : left + window] += part
+            counts[..., top : top + window, left : left + window] += 1
+    return (logits / counts)[..., :height, :width]
 
 
 def sliding_window_logits(
@@ -55,21 +82,40 @@ def sliding_window_logits(
     pad_h, pad_w = max(0, window - h), max(0, window - w)
     if pad_h or pad_w:
         image = {m: F.pad(x, (0, pad_w, 0, pad_h)) for m, x in image.items()}
-    ph, pw = h + pad_h, w + pad_w
-    positions = [(top, left) for top in window_starts(ph, window, stride) for left in window_starts(pw, window, stride)]
-    logits = reference.new_zeros((b, num_classes, ph, pw), dtype=torch.float32)
-    counts = reference.new_zeros((1, 1, ph, pw), dtype=torch.float32)
-    per_call = max(1, batch_size // b)
-    for first in range(0, len(positions), per_call):
-        chunk = positions[first : first + per_call]
-        crops = {
-            m: torch.cat([x[..., t : t + window, l : l + window] for t, l in chunk]) for m, x in image.items()
-        }
-        out = model(crops, (window, window)).float().split(b)
-        for (t, l), part in zip(chunk, out):
-            logits[..., t : t + window, l : l + window] += part
-            counts[..., t : t + window, l : l + window] += 1
-    return (logits / counts)[..., :h, :w]
+    positions = window_grid(h, w, window, stride)
+
+    def predict(ks: range) -> torch.Tensor:
+        chunk = [positions[k] for k in ks]
+        crops = {m: torch.cat([x[..., t : t + window, l : l + window] for t, l in chunk]) for m, x in image.items()}
+        return model(crops, (window, window))
+
+    return blend_windows(predict, positions, b, h, w, window, num_classes, batch_size, reference.device)
+
+
+def cached_window_logits(
+    decoder: torch.nn.Module,
+    features: Sequence[torch.Tensor],
+    tile_size: tuple[int, int],
+    window: int,
+    stride: int,
+    num_classes: int,
+    batch_size: int = 8,
+) -> torch.Tensor:
+    """:func:`sliding_window_logits` from cached encoder features of every window of the grid.
+
+    ``features[i]`` is (B, P, C_i, h, w): output ``i`` of the frozen encoder for the P windows of
+    :func:`~benchmark.data.windows.window_grid` over ``tile_size``, in grid order.
+    """
+    positions = window_grid(*tile_size, window, stride)
+    if features[0].shape[1] != len(positions):
+        raise ValueError(f"{features[0].shape[1]} cached windows per tile, the evaluation grid has {len(positions)}")
+
+    def predict(ks: range) -> torch.Tensor:
+        # (B, n, C, h, w) -> window-major (n * B, C, h, w), the order sliding_window_logits crops in
+        return decoder([f[:, ks.start : ks.stop].transpose(0, 1).flatten(0, 1) for f in features], (window, window))
+
+    b = features[0].shape[0]
+    return blend_windows(predict, positions, b, *tile_size, window, num_classes, batch_size, features[0].device)
 
 
 class Evaluator:
@@ -117,13 +163,19 @@ class Evaluator:
         confusion = confusion_matrix_metric(self.num_classes, self.ignore_index, self.ctx.device)
         device = self.ctx.device
         for batch in tqdm(self.loader, desc=desc, disable=not self.ctx.is_main, leave=False):
-            image = {m: x.to(device, non_blocking=True) for m, x in batch["image"].items()}
             target = batch["target"].to(device, non_blocking=True)
             with autocast_context(device, self.precision):
-                logits = sliding_window_logits(
-                    model, image, self.window, self.stride, self.num_classes, self.inference_batch
-                )
+                logits = self.tile_logits(model, batch, tuple(target.shape[-2:]))
             confusion.update(logits.argmax(dim=1), target)
         model.train(was_training)
         matrix = all_reduce_sum(confusion.compute().clone())
         return segmentation_metrics(matrix, self.class_names)
+
+    def tile_logits(self, model: torch.nn.Module, batch: dict, tile_size: tuple[int, int]) -> torch.Tensor:
+        """Sliding-window logits of a batch of full tiles, or of their cached encoder features
+        (``batch["features"]``, frozen mode: only ``model.decoder`` runs)."""
+        inputs = to_device(batch, self.ctx.device)
+        grid = (self.window, self.stride, self.num_classes, self.inference_batch)
+        if "features" in inputs:
+            return cached_window_logits(model.decoder, inputs["features"], tile_size, *grid)
+        return sliding_window_logits(model, inputs["image"], *grid)

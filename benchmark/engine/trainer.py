@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from benchmark.distributed import DistContext, all_reduce_max
 from benchmark.engine.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
-from benchmark.engine.evaluator import Evaluator, autocast_context
+from benchmark.engine.evaluator import Evaluator, autocast_context, to_device
 from benchmark.models.segmentor import Segmentor
 
 log = logging.getLogger(__name__)
@@ -45,15 +45,23 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def wrap_for_ddp(model: Segmentor, ctx: DistContext) -> Callable[[dict[str, torch.Tensor], tuple[int, int]], torch.Tensor]:
-    """The training forward: DDP over the trainable part only (the decoder, when the encoder is frozen)."""
-    if not ctx.distributed:
-        return model
+def training_forward(model: Segmentor, ctx: DistContext) -> Callable[[dict[str, Any], tuple[int, int]], torch.Tensor]:
+    """``forward(inputs, output_size)`` for training, with DDP over the trainable part only.
+
+    With a frozen encoder only the decoder is wrapped, and ``inputs`` may hold cached ``features``
+    instead of the ``image`` (see :func:`to_device`).
+    """
     device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
     if model.encoder_trains:
-        return DistributedDataParallel(model, device_ids=device_ids)
-    decoder = DistributedDataParallel(model.decoder, device_ids=device_ids)
-    return lambda image, output_size: decoder(model.encode(image), output_size)
+        net = DistributedDataParallel(model, device_ids=device_ids) if ctx.distributed else model
+        return lambda inputs, output_size: net(inputs["image"], output_size)
+    decoder = DistributedDataParallel(model.decoder, device_ids=device_ids) if ctx.distributed else model.decoder
+
+    def forward(inputs: dict[str, Any], output_size: tuple[int, int]) -> torch.Tensor:
+        features = inputs["features"] if "features" in inputs else model.encode(inputs["image"])
+        return decoder(features, output_size)
+
+    return forward
 
 
 class Trainer:
@@ -109,7 +117,7 @@ class Trainer:
         self.precision = resolve_precision(precision, ctx.device)
         self.best_metric_key = best_metric_key
         self.wandb_run = wandb_run if (use_wandb and ctx.is_main) else None
-        self.forward = wrap_for_ddp(model, ctx)
+        self.forward = training_forward(model, ctx)
         self.trainable = [p for p in model.parameters() if p.requires_grad]
         self.start_epoch = 0
         self.best_metric = -math.inf
@@ -117,6 +125,7 @@ class Trainer:
         self.best_val_metrics: dict[str, Any] = {}
         self.train_images = 0
         self.train_seconds = 0.0
+        self.eval_seconds = 0.0
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -134,6 +143,7 @@ class Trainer:
             "best_val_metrics": self.best_val_metrics,
             "train_images": self.train_images,
             "train_seconds": self.train_seconds,
+            "eval_seconds": self.eval_seconds,
             "rng": rng_state(),
         }
 
@@ -149,6 +159,7 @@ class Trainer:
         self.best_val_metrics = state["best_val_metrics"]
         self.train_images = state["train_images"]
         self.train_seconds = state["train_seconds"]
+        self.eval_seconds = state["eval_seconds"]
         restore_rng_state(state["rng"])
         if self.ctx.is_main:
             self._truncate_metrics_log(state["epoch"])
@@ -169,10 +180,10 @@ class Trainer:
         start = time.perf_counter()
         bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{self.n_epochs}", disable=not self.ctx.is_main, leave=False)
         for step, batch in enumerate(bar):
-            image = {m: x.to(device, non_blocking=True) for m, x in batch["image"].items()}
+            inputs = to_device(batch, device)
             target = batch["target"].to(device, non_blocking=True)
             with autocast_context(device, self.precision):
-                logits = self.forward(image, tuple(target.shape[-2:]))
+                logits = self.forward(inputs, tuple(target.shape[-2:]))
             loss = self.criterion(logits.float(), target)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -207,7 +218,9 @@ class Trainer:
             last = epoch == self.n_epochs - 1
             line = {"epoch": epoch + 1, "train_loss": train_loss}
             if (epoch + 1) % self.eval_interval == 0 or last:
+                started = time.perf_counter()
                 metrics = self.evaluator.evaluate(self.model, desc=f"val {epoch + 1}")
+                self.eval_seconds += time.perf_counter() - started
                 line.update({"split": "val", **metrics})
                 improved = metrics[self.best_metric_key] > self.best_metric
                 if improved:

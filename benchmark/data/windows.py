@@ -1,0 +1,26 @@
+"""Grids of square windows over a tile: where training crops and sliding-window inference look.
+
+A tile smaller than the window is padded at the bottom/right to the window size first, so every grid
+holds at least one window. Positions are listed row-major (top, then left); the feature cache stores
+windows in this order, so crops, cached features and sliding-window inference agree by construction.
+"""
+
+from __future__ import annotations
+
+
+def window_starts(length: int, window: int, stride: int) -> list[int]:
+    """Start offsets of windows of size ``window`` covering ``[0, length)``; the last one ends at the edge."""
+    if stride < 1 or stride > window:
+        raise ValueError(f"stride must be in [1, window={window}], got {stride}")
+    if length <= window:
+        return [0]
+    starts = list(range(0, length - window + 1, stride))
+    if starts[-1] != length - window:
+        starts.append(length - window)
+    return starts
+
+
+def window_grid(height: int, width: int, window: int, stride: int) -> list[tuple[int, int]]:
+    """``(top, left)`` of every window of the grid over a ``height`` x ``width`` tile, row-major."""
+    lefts = window_starts(width, window, stride)
+    return [(top, left) for top in window_starts(height, window, stride) for left in lefts]

@@ -1,0 +1,216 @@
+"""Speed of benchmark runs under several variants (cache off/on, fp32/bf16, compile off/on), compared in one invocation.
+
+    python scripts/benchmark_speed.py --variants "cache=false" "cache=true" \\
+        --decoders seg_linear "seg_fcn decoder.channels=64" seg_upernet --seeds 0 1 \\
+        --random-weights -- mode=frozen dataset=synthetic_burnscars ...
+
+Every variant runs the same jobs (decoders x seeds) through ``benchmark/run.py``, one process per job
+as ``python -m benchmark.sweep`` runs them (``--nproc N``: each under torchrun with N processes). A
+decoder may carry its own overrides (``"seg_fcn decoder.channels=64"``). Each variant starts in a
+fresh work_dir, so its caches start cold and building them is part of its time. Variants take turns
+job by job, so that load from other users of the machine spreads over all of them; the table shows
+the median over repeats.
+
+The wall time of a variant is the sum of the wall times of its job processes; the other figures come from each run's
+``results.json`` (averaged over the runs of a variant): train images/s, epoch time (training only),
+validation + test time, feature cache time (building or opening it) and peak memory (largest
+resident set size of a run's main process on CPU, max allocated on CUDA). Speed-ups compare each
+variant with the first.
+
+Frozen runs need the encoder's weights file; ``--random-weights`` writes one in the release layout,
+with random values, where it is missing (timings do not depend on the values; SSL4EO encoders).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+REPO = Path(__file__).resolve().parents[1]
+RUN_PY = REPO / "benchmark" / "run.py"
+COLUMNS = {
+    "variant": "variant",
+    "runs": "runs",
+    "wall_s": "wall (s)",
+    "epoch_s": "epoch (s)",
+    "images_per_s": "train img/s",
+    "eval_s": "val+test (s/run)",
+    "cache_s": "feature cache (s/run)",
+    "peak_mb": "peak memory (MiB)",
+    "val_miou": "val mIoU",
+}
+SPEEDUPS = {"wall_s": "wall", "epoch_s": "epoch", "images_per_s": "img/s", "eval_s": "val+test"}
+HIGHER_IS_BETTER = {"images_per_s"}
+
+
+def machine() -> str:
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda}), torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        lines = cpuinfo.read_text().splitlines()
+        names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    return f"{cpu}, {os.cpu_count()} cores, no GPU, torch {torch.__version__}"
+
+
+def prepare(common: Sequence[str], random_weights: bool) -> None:
+    """Generate the (synthetic) data and, if asked, a random weights file before anything is timed."""
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=list(common))
+    for split in ("train", "val", "test"):
+        instantiate(cfg.dataset, split=split, _convert_="all")
+    weights = Path(cfg.encoder.encoder_weights)
+    if random_weights and not weights.is_file():
+        encoder = instantiate(cfg.encoder, pretrained=False, _convert_="all")
+        if not hasattr(encoder, "release_wrapper"):
+            raise SystemExit(
+                f"--random-weights writes SSL4EO release layouts only; give encoder.encoder_weights=<file> "
+                f"for {type(encoder).__name__}"
+            )
+        state = {f"{encoder.release_prefix}{key}": value for key, value in encoder.state_dict().items()}
+        weights.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({encoder.release_wrapper: state}, weights)
+        print(f"wrote random weights (for timing only) to {weights}")
+
+
+def run_job(overrides: Sequence[str], work_dir: Path, nproc: int) -> float:
+    """Run one job in its own process(es); returns its wall time in seconds."""
+    launcher = [sys.executable]
+    if nproc > 1:
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    command = [*launcher, str(RUN_PY), *overrides, f"work_dir={work_dir}"]
+    started = time.perf_counter()
+    result = subprocess.run(
+        command, cwd=REPO, env={**os.environ, "HYDRA_FULL_ERROR": "1"},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{result.stdout[-4000:]}")
+    return time.perf_counter() - started
+
+
+def summarize(variant: str, wall: float, results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    costs = [r["cost"] for r in results]
+
+    def mean(key: str) -> float:
+        return statistics.fmean(c[key] for c in costs)
+
+    return {
+        "variant": variant,
+        "runs": len(results),
+        "wall_s": wall,
+        "epoch_s": mean("epoch_time_s"),
+        "images_per_s": mean("train_images_per_s"),
+        "eval_s": statistics.fmean(c["val_time_s"] + c["test_time_s"] for c in costs),
+        "cache_s": mean("feature_cache_time_s"),
+        "peak_mb": max(c["peak_memory_mb"] for c in costs),
+        "val_miou": statistics.fmean(r["val"]["mIoU"] for r in results),
+    }
+
+
+def median_rows(repeats: Sequence[Sequence[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per variant: the median of each figure over the repeats."""
+    rows = []
+    for per_repeat in zip(*repeats):
+        row = dict(per_repeat[0])
+        for key in COLUMNS:
+            if key not in ("variant", "runs"):
+                row[key] = statistics.median(r[key] for r in per_repeat)
+        rows.append(row)
+    return rows
+
+
+def speedup(key: str, row: dict[str, Any], base: dict[str, Any]) -> float:
+    """How many times better ``row`` does than ``base`` on ``key`` (> 1: faster)."""
+    return row[key] / base[key] if key in HIGHER_IS_BETTER else base[key] / row[key]
+
+
+def cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
+    return str(value)
+
+
+def markdown(rows: Sequence[dict[str, Any]]) -> str:
+    header = [*COLUMNS.values(), *(f"{name} speed-up" for name in SPEEDUPS.values())]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        speedups = [f"{speedup(key, row, rows[0]):.2f}x" for key in SPEEDUPS]
+        lines.append("| " + " | ".join([*(cell(row[key]) for key in COLUMNS), *speedups]) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--variants", nargs="+", required=True,
+        help='one string of space-separated overrides per variant, e.g. "cache=false" "cache=true"',
+    )
+    parser.add_argument(
+        "--decoders", nargs="*", default=[],
+        help='decoder configs, each with optional overrides ("seg_fcn decoder.channels=64"); default: the config\'s',
+    )
+    parser.add_argument("--seeds", nargs="*", default=[], help="seeds (default: the config's)")
+    parser.add_argument("--nproc", type=int, default=1, help="processes per job (torchrun)")
+    parser.add_argument("--repeat", type=int, default=1, help="run all variants this many times, alternating")
+    parser.add_argument("--random-weights", action="store_true", help="write random release-layout weights if missing")
+    parser.add_argument("--output", type=Path, help="keep the work_dirs and benchmark_speed.json here")
+    parser.add_argument("overrides", nargs="*", help="run.py overrides shared by all variants (after --)")
+    args = parser.parse_args(argv)
+
+    decoders = [f"decoder={d}".split() for d in args.decoders] or [[]]
+    jobs = [[*decoder, *([f"seed={s}"] if s else [])] for decoder in decoders for s in args.seeds or [None]]
+    prepare(args.overrides, args.random_weights)
+    root = args.output or Path(tempfile.mkdtemp(prefix="benchmark_speed-"))
+    print(f"{machine()}; load average {os.getloadavg()[0]:.1f} at the start")
+    print(f"{len(jobs)} job(s) per variant, {args.nproc} process(es) per job, {args.repeat} repeat(s)\n")
+    repeats, job_walls = [], []
+    for repeat in range(args.repeat):
+        work_dirs = [root / f"repeat{repeat}_variant{number}" for number in range(len(args.variants))]
+        walls = [0.0] * len(args.variants)
+        for job in jobs:
+            for number, variant in enumerate(args.variants):
+                seconds = run_job([*args.overrides, *variant.split(), *job], work_dirs[number], args.nproc)
+                walls[number] += seconds
+                job_walls.append({"repeat": repeat, "variant": variant, "job": job, "wall_s": seconds})
+                print(f"repeat {repeat + 1}, {variant}, {' '.join(job)}: {seconds:.1f} s", flush=True)
+        rows = []
+        for variant, work_dir, wall in zip(args.variants, work_dirs, walls):
+            results = [json.loads(p.read_text()) for p in sorted(work_dir.glob("*/results.json"))]
+            if len(results) != len(jobs) or any(r["status"] != "completed" for r in results):
+                raise SystemExit(f"variant {variant!r}: expected {len(jobs)} completed runs in {work_dir}")
+            rows.append(summarize(variant or "(config)", wall, results))
+        repeats.append(rows)
+    table = median_rows(repeats)
+    for number, variant in enumerate(table[1:], start=1):
+        walls = ", ".join(f"{speedup('wall_s', rows[number], rows[0]):.2f}x" for rows in repeats)
+        print(f"wall speed-up of {variant['variant']!r} per repeat: {walls}")
+    print(f"load average {os.getloadavg()[0]:.1f} at the end\n")
+    print(f"median over {args.repeat} repeat(s); speed-ups relative to {table[0]['variant']!r}\n")
+    print(markdown(table))
+    if args.output:
+        record = {"machine": machine(), "argv": sys.argv, "repeats": repeats, "jobs": job_walls}
+        (root / "benchmark_speed.json").write_text(json.dumps(record, indent=1))
+    else:
+        shutil.rmtree(root, ignore_errors=True)
+    return table
+
+
+if __name__ == "__main__":
+    main()

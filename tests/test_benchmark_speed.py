@@ -1,0 +1,29 @@
+"""scripts/benchmark_speed.py: its table and speed-ups (tests/test_caches.py runs it end to end)."""
+
+from __future__ import annotations
+
+import importlib.util
+from conftest import REPO
+
+spec = importlib.util.spec_from_file_location("benchmark_speed", REPO / "scripts" / "benchmark_speed.py")
+benchmark_speed = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(benchmark_speed)
+
+
+def fake_results(epoch_s: float, images_per_s: float) -> dict:
+    cost = {
+        "epoch_time_s": epoch_s, "train_images_per_s": images_per_s, "val_time_s": 1.0, "test_time_s": 1.0,
+        "feature_cache_time_s": 0.5, "peak_memory_mb": 100.0,
+    }
+    return {"cost": cost, "val": {"mIoU": 0.5}}
+
+
+def test_table_reports_medians_and_speedups_against_the_first_variant() -> None:
+    slow = benchmark_speed.summarize("cache=false", 30.0, [fake_results(2.0, 10.0)] * 2)
+    fast = benchmark_speed.summarize("cache=true", 10.0, [fake_results(0.5, 40.0)] * 2)
+    noisy = benchmark_speed.summarize("cache=true", 20.0, [fake_results(0.5, 40.0)] * 2)
+    rows = benchmark_speed.median_rows([[slow, fast], [slow, fast], [slow, noisy]])
+    assert rows[1]["wall_s"] == 10.0 and rows[1]["runs"] == 2
+    table = benchmark_speed.markdown(rows).splitlines()
+    assert table[0].startswith("| variant | runs | wall (s) |") and len(table) == 4
+    assert table[3].endswith("| 3.00x | 4.00x | 4.00x | 1.00x |")  # wall, epoch, img/s, val+test
