@@ -77,7 +77,9 @@ def test_resize_input_layer_feeds_whole_tiles_to_the_encoder(synthetic_root: Pat
     and its release position table (2x2 grid at 32 px) is interpolated when loaded."""
     base = tiny_overrides(synthetic_root, tmp_path / "wd") + ["task.trainer.n_epochs=1"]
     weights = release_weights(base, "ssl4eo_mae_optical", tmp_path / "mae.pth")
-    args = base + ["mode=frozen", f"encoder.encoder_weights={weights}", "preprocessing=seg_resize_input_layer"]
+    # the command line would win over the preprocessing's input size: leave it to the preprocessing
+    run_args = [a for a in base if not a.startswith("encoder.input_size=")]
+    args = run_args + ["mode=frozen", f"encoder.encoder_weights={weights}", "preprocessing=seg_resize_input_layer"]
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[a for a in args if not a.startswith("work_dir")])
     assert cfg.encoder.input_size == cfg.dataset.img_size == 64

@@ -123,8 +123,6 @@ def test_experiments_sweep_modes_and_the_five_decoders() -> None:
 
 
 def test_launcher_configs_compose() -> None:
-    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     slurm = compose_sweep(["hydra/launcher=slurm", "nproc_per_node=4"], config_name="sweep").hydra.launcher
     assert slurm._target_.endswith("SlurmLauncher") and (slurm.tasks_per_node, slurm.gpus_per_node) == (1, 4)
     local = compose_sweep(["hydra/launcher=local_parallel"], config_name="sweep").hydra.launcher
