@@ -11,7 +11,9 @@ fresh work_dir, so its caches start cold and building them is part of its time. 
 job by job, so that load from other users of the machine spreads over all of them; the table shows
 the median over repeats.
 
-The wall time of a variant is the sum of the wall times of its job processes; the other figures come from each run's
+The wall time of a variant is the sum of the wall times of its job processes, its CPU time the
+user + system time of those processes and their children (less sensitive to other load on the
+machine than the wall time); the other figures come from each run's
 ``results.json`` (averaged over the runs of a variant): train images/s, epoch time (training only),
 validation + test time, feature cache time (building or opening it) and peak memory (largest
 resident set size of a run's main process on CPU, max allocated on CUDA). Speed-ups compare each
@@ -27,6 +29,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -46,6 +49,7 @@ COLUMNS = {
     "variant": "variant",
     "runs": "runs",
     "wall_s": "wall (s)",
+    "cpu_s": "CPU (s)",
     "epoch_s": "epoch (s)",
     "images_per_s": "train img/s",
     "eval_s": "val+test (s/run)",
@@ -53,7 +57,7 @@ COLUMNS = {
     "peak_mb": "peak memory (MiB)",
     "val_miou": "val mIoU",
 }
-SPEEDUPS = {"wall_s": "wall", "epoch_s": "epoch", "images_per_s": "img/s", "eval_s": "val+test"}
+SPEEDUPS = {"wall_s": "wall", "cpu_s": "CPU", "epoch_s": "epoch", "images_per_s": "img/s", "eval_s": "val+test"}
 HIGHER_IS_BETTER = {"images_per_s"}
 
 
@@ -89,23 +93,28 @@ def prepare(common: Sequence[str], random_weights: bool) -> None:
         print(f"wrote random weights (for timing only) to {weights}")
 
 
-def run_job(overrides: Sequence[str], work_dir: Path, nproc: int) -> float:
-    """Run one job in its own process(es); returns its wall time in seconds."""
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_job(overrides: Sequence[str], work_dir: Path, nproc: int) -> tuple[float, float]:
+    """Run one job in its own process(es); returns its wall and CPU time in seconds."""
     launcher = [sys.executable]
     if nproc > 1:
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     command = [*launcher, str(RUN_PY), *overrides, f"work_dir={work_dir}"]
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), children_cpu_seconds()
     result = subprocess.run(
         command, cwd=REPO, env={**os.environ, "HYDRA_FULL_ERROR": "1"},
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{result.stdout[-4000:]}")
-    return time.perf_counter() - started
+    return time.perf_counter() - started, children_cpu_seconds() - cpu
 
 
-def summarize(variant: str, wall: float, results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def summarize(variant: str, wall: float, cpu: float, results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     costs = [r["cost"] for r in results]
 
     def mean(key: str) -> float:
@@ -115,6 +124,7 @@ def summarize(variant: str, wall: float, results: Sequence[dict[str, Any]]) -> d
         "variant": variant,
         "runs": len(results),
         "wall_s": wall,
+        "cpu_s": cpu,
         "epoch_s": mean("epoch_time_s"),
         "images_per_s": mean("train_images_per_s"),
         "eval_s": statistics.fmean(c["val_time_s"] + c["test_time_s"] for c in costs),
@@ -183,19 +193,20 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     repeats, job_walls = [], []
     for repeat in range(args.repeat):
         work_dirs = [root / f"repeat{repeat}_variant{number}" for number in range(len(args.variants))]
-        walls = [0.0] * len(args.variants)
+        walls, cpus = [0.0] * len(args.variants), [0.0] * len(args.variants)
         for job in jobs:
             for number, variant in enumerate(args.variants):
-                seconds = run_job([*args.overrides, *variant.split(), *job], work_dirs[number], args.nproc)
-                walls[number] += seconds
-                job_walls.append({"repeat": repeat, "variant": variant, "job": job, "wall_s": seconds})
-                print(f"repeat {repeat + 1}, {variant}, {' '.join(job)}: {seconds:.1f} s", flush=True)
+                wall, cpu = run_job([*args.overrides, *variant.split(), *job], work_dirs[number], args.nproc)
+                walls[number] += wall
+                cpus[number] += cpu
+                job_walls.append({"repeat": repeat, "variant": variant, "job": job, "wall_s": wall, "cpu_s": cpu})
+                print(f"repeat {repeat + 1}, {variant}, {' '.join(job)}: {wall:.1f} s (CPU {cpu:.1f} s)", flush=True)
         rows = []
-        for variant, work_dir, wall in zip(args.variants, work_dirs, walls):
+        for variant, work_dir, wall, cpu in zip(args.variants, work_dirs, walls, cpus):
             results = [json.loads(p.read_text()) for p in sorted(work_dir.glob("*/results.json"))]
             if len(results) != len(jobs) or any(r["status"] != "completed" for r in results):
                 raise SystemExit(f"variant {variant!r}: expected {len(jobs)} completed runs in {work_dir}")
-            rows.append(summarize(variant or "(config)", wall, results))
+            rows.append(summarize(variant or "(config)", wall, cpu, results))
         repeats.append(rows)
     table = median_rows(repeats)
     for number, variant in enumerate(table[1:], start=1):

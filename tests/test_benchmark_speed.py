@@ -19,11 +19,11 @@ def fake_results(epoch_s: float, images_per_s: float) -> dict:
 
 
 def test_table_reports_medians_and_speedups_against_the_first_variant() -> None:
-    slow = benchmark_speed.summarize("cache=false", 30.0, [fake_results(2.0, 10.0)] * 2)
-    fast = benchmark_speed.summarize("cache=true", 10.0, [fake_results(0.5, 40.0)] * 2)
-    noisy = benchmark_speed.summarize("cache=true", 20.0, [fake_results(0.5, 40.0)] * 2)
+    slow = benchmark_speed.summarize("cache=false", 30.0, 60.0, [fake_results(2.0, 10.0)] * 2)
+    fast = benchmark_speed.summarize("cache=true", 10.0, 30.0, [fake_results(0.5, 40.0)] * 2)
+    noisy = benchmark_speed.summarize("cache=true", 20.0, 30.0, [fake_results(0.5, 40.0)] * 2)
     rows = benchmark_speed.median_rows([[slow, fast], [slow, fast], [slow, noisy]])
     assert rows[1]["wall_s"] == 10.0 and rows[1]["runs"] == 2
     table = benchmark_speed.markdown(rows).splitlines()
     assert table[0].startswith("| variant | runs | wall (s) |") and len(table) == 4
-    assert table[3].endswith("| 3.00x | 4.00x | 4.00x | 1.00x |")  # wall, epoch, img/s, val+test
+    assert table[3].endswith("| 3.00x | 2.00x | 4.00x | 4.00x | 1.00x |")  # wall, CPU, epoch, img/s, val+test
