@@ -20,6 +20,12 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
+def file_identity(path: Path) -> str:
+    """``<resolved path>|<size>|<mtime ns>``: changes when the file is replaced or touched."""
+    stat = path.stat()
+    return f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+
+
 class RasterCache:
     """``load(path, decode)`` returns ``decode(path)``, read from ``root`` when it was decoded before."""
 
@@ -27,9 +33,7 @@ class RasterCache:
         self.root = Path(root)
 
     def entry(self, path: Path) -> Path:
-        stat = path.stat()
-        identity = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
-        return self.root / f"{path.stem}.{hashlib.sha256(identity.encode()).hexdigest()[:16]}.npy"
+        return self.root / f"{path.stem}.{hashlib.sha256(file_identity(path).encode()).hexdigest()[:16]}.npy"
 
     def load(self, path: Path, decode: Callable[[Path], np.ndarray]) -> np.ndarray:
         entry = self.entry(path)

@@ -49,6 +49,7 @@ from tqdm import tqdm
 
 from benchmark.data.loaders import ShardSampler
 from benchmark.data.preprocessing import PreprocessedDataset, RandomCrop, Sample, sample_rng
+from benchmark.data.raster_cache import file_identity
 from benchmark.data.windows import window_grid
 from benchmark.distributed import DistContext, all_reduce_max, broadcast_object
 from benchmark.engine.checkpoint import write_json
@@ -68,7 +69,8 @@ class FeatureCacheError(RuntimeError):
 
 
 def file_digest(path: Path) -> str:
-    """sha256 of a file's size and content; above 64 MiB, of 33 evenly spaced 1 MiB blocks (first and last included)."""
+    """sha256 of a file's size and content; above 64 MiB, of 33 evenly spaced 1 MiB blocks (the first
+    and last included), so that checking a large cache costs little."""
     size = path.stat().st_size
     digest = hashlib.sha256(str(size).encode())
     with open(path, "rb") as handle:
@@ -81,13 +83,8 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def file_identity(path: Path) -> str:
-    stat = path.stat()
-    return f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
-
-
 def weights_sha256(path: Path, root: Path) -> str:
-    """sha256 of a weights file, computed once and remembered under ``root/hashes`` by path, size and mtime."""
+    """sha256 of a weights file, computed once and remembered under ``root/hashes`` by path, size, mtime."""
     memo = root / "hashes" / f"{hashlib.sha256(file_identity(path).encode()).hexdigest()[:32]}.json"
     if memo.is_file():
         return json.loads(memo.read_text())["sha256"]

@@ -71,7 +71,8 @@ class Trainer:
         model: the segmentor (already on ``ctx.device``; SyncBatchNorm conversion done by the caller).
         criterion: loss on (logits (B, K, H, W), target (B, H, W)).
         optimizer, scheduler: the scheduler is stepped every iteration.
-        train_loader: yields preprocessed training batches; its sampler has ``set_epoch``.
+        train_loader: yields preprocessed training batches (or, frozen, cached encoder ``features``
+            instead of the ``image``); its sampler has ``set_epoch``.
         evaluator: validation evaluator.
         run_dir: the run directory (``checkpoints/``, ``metrics.jsonl`` live there).
         n_epochs, eval_interval, log_interval, ckpt_interval: in epochs / iterations (log).
