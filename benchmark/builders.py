@@ -10,13 +10,15 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from benchmark.data.loaders import EpochShuffleSampler, ShardSampler, make_loader
 from benchmark.data.preprocessing import PreprocessedDataset
 from benchmark.distributed import DistContext, barrier
 from benchmark.engine.evaluator import Evaluator
-from benchmark.engine.feature_cache import FeatureCache, main_then_share, weights_sha256
+from benchmark.engine.feature_cache import (
+    CachedEvalTiles, CachedTrainWindows, FeatureCache, main_then_share, weights_sha256,
+)
 from benchmark.engine.trainer import resolve_precision
 from benchmark.models.segmentor import Segmentor
 
@@ -77,9 +79,27 @@ def build_feature_cache(cfg: DictConfig, mode: str, model: Segmentor, ctx: DistC
     )
 
 
+def check_train_batch(cfg: DictConfig, model: Segmentor) -> None:
+    """Stop before any work when the decoder cannot train on ``batch_size`` samples per process."""
+    needed = getattr(model.decoder, "min_train_batch", 1)
+    if cfg.batch_size < needed:
+        raise ValueError(
+            f"{type(model.decoder).__name__} needs batch_size >= {needed} per process to train (its BatchNorm "
+            f"after 1x1 pyramid pooling has a single value per sample), got {cfg.batch_size}: raise batch_size "
+            "or use decoder.norm=group"
+        )
+
+
+def loader_workers(num_workers: int, dataset: Dataset, ctx: DistContext) -> int:
+    """DataLoader workers for ``dataset``: none for cached features on CPU, where reading memory-mapped
+    rows costs less than shipping them from worker processes that compete for the same cores."""
+    cached = isinstance(dataset, (CachedTrainWindows, CachedEvalTiles))
+    return 0 if cached and ctx.device.type == "cpu" else num_workers
+
+
 def train_loader(cfg: DictConfig, ctx: DistContext, features: FeatureCache | None = None) -> DataLoader:
     """Training batches: preprocessed crops, or their cached encoder features when ``features`` covers them."""
-    dataset = build_dataset(cfg, "train", ctx)
+    dataset: Dataset = build_dataset(cfg, "train", ctx)
     if features is not None:
         cached = features.train_windows(dataset, cache_key(cfg, "train"))
         dataset = dataset if cached is None else cached
@@ -89,9 +109,8 @@ def train_loader(cfg: DictConfig, ctx: DistContext, features: FeatureCache | Non
             f"{ctx.world_size} processes); lower batch_size"
         )
     sampler = EpochShuffleSampler(len(dataset), ctx.rank, ctx.world_size, seed=cfg.seed)
-    return make_loader(
-        dataset, sampler, cfg.batch_size, cfg.num_workers, ctx.device.type == "cuda", drop_last=True
-    )
+    workers = loader_workers(cfg.num_workers, dataset, ctx)
+    return make_loader(dataset, sampler, cfg.batch_size, workers, ctx.device.type == "cuda", drop_last=True)
 
 
 def eval_stride(cfg: DictConfig, window: int) -> int:
@@ -100,12 +119,13 @@ def eval_stride(cfg: DictConfig, window: int) -> int:
 
 def eval_loader(cfg: DictConfig, split: str, ctx: DistContext, features: FeatureCache | None = None) -> DataLoader:
     """Full tiles of ``split``, or the cached encoder features of their sliding windows."""
-    dataset = build_dataset(cfg, split, ctx)
+    dataset: Dataset = build_dataset(cfg, split, ctx)
     if features is not None:
         window = features.encoder.input_size
         dataset = features.eval_tiles(dataset, split, window, eval_stride(cfg, window), cache_key(cfg, split))
     sampler = ShardSampler(len(dataset), ctx.rank, ctx.world_size)
-    return make_loader(dataset, sampler, cfg.test_batch_size, cfg.test_num_workers, ctx.device.type == "cuda")
+    workers = loader_workers(cfg.test_num_workers, dataset, ctx)
+    return make_loader(dataset, sampler, cfg.test_batch_size, workers, ctx.device.type == "cuda")
 
 
 def build_segmentor(cfg: DictConfig, mode: str, ctx: DistContext) -> Segmentor:

@@ -17,7 +17,7 @@ machine than the wall time); the other figures come from each run's
 ``results.json`` (averaged over the runs of a variant): train images/s, epoch time (training only),
 validation + test time, feature cache time (building or opening it) and peak memory (largest
 resident set size of a run's main process on CPU, max allocated on CUDA). Speed-ups compare each
-variant with the first.
+variant with the first. A second table splits wall and epoch time by decoder.
 
 Frozen runs need the encoder's weights file; ``--random-weights`` writes one in the release layout,
 with random values, where it is missing (timings do not depend on the values; SSL4EO encoders).
@@ -98,12 +98,13 @@ def children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_job(overrides: Sequence[str], work_dir: Path, nproc: int) -> tuple[float, float]:
-    """Run one job in its own process(es); returns its wall and CPU time in seconds."""
+def run_job(overrides: Sequence[str], work_dir: Path, nproc: int) -> tuple[float, float, dict[str, Any]]:
+    """Run one job in its own process(es); returns its wall and CPU time in seconds and its results."""
     launcher = [sys.executable]
     if nproc > 1:
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     command = [*launcher, str(RUN_PY), *overrides, f"work_dir={work_dir}"]
+    before = set(work_dir.glob("*/results.json"))
     started, cpu = time.perf_counter(), children_cpu_seconds()
     result = subprocess.run(
         command, cwd=REPO, env={**os.environ, "HYDRA_FULL_ERROR": "1"},
@@ -111,7 +112,11 @@ def run_job(overrides: Sequence[str], work_dir: Path, nproc: int) -> tuple[float
     )
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{result.stdout[-4000:]}")
-    return time.perf_counter() - started, children_cpu_seconds() - cpu
+    wall, cpu = time.perf_counter() - started, children_cpu_seconds() - cpu
+    written = set(work_dir.glob("*/results.json")) - before
+    if len(written) != 1:
+        raise SystemExit(f"{' '.join(command)} wrote {len(written)} results.json files in {work_dir}, expected 1")
+    return wall, cpu, json.loads(written.pop().read_text())
 
 
 def summarize(variant: str, wall: float, cpu: float, results: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -166,6 +171,29 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def per_decoder(jobs: Sequence[dict[str, Any]], variants: Sequence[str]) -> str:
+    """Wall and epoch time of each decoder (mean over its seeds, median over repeats) under each variant."""
+    decoders = list(dict.fromkeys(job["decoder"] for job in jobs))
+
+    def figure(decoder: str, variant: str, key: str) -> float:
+        runs = [j for j in jobs if (j["decoder"], j["variant"]) == (decoder, variant)]
+        repeats = sorted({j["repeat"] for j in runs})
+        return statistics.median(statistics.fmean(j[key] for j in runs if j["repeat"] == r) for r in repeats)
+
+    header = ["decoder"]
+    for key in ("wall_s", "epoch_s"):
+        header += [f"{COLUMNS[key]} {variant or '(config)'}" for variant in variants]
+        header += [f"{SPEEDUPS[key]} speed-up {variant or '(config)'}" for variant in variants[1:]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for decoder in decoders:
+        cells = [decoder]
+        for key in ("wall_s", "epoch_s"):
+            values = [figure(decoder, variant, key) for variant in variants]
+            cells += [cell(v) for v in values] + [f"{values[0] / v:.2f}x" for v in values[1:]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -190,16 +218,19 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     root = args.output or Path(tempfile.mkdtemp(prefix="benchmark_speed-"))
     print(f"{machine()}; load average {os.getloadavg()[0]:.1f} at the start")
     print(f"{len(jobs)} job(s) per variant, {args.nproc} process(es) per job, {args.repeat} repeat(s)\n")
-    repeats, job_walls = [], []
+    repeats, job_records = [], []
     for repeat in range(args.repeat):
         work_dirs = [root / f"repeat{repeat}_variant{number}" for number in range(len(args.variants))]
         walls, cpus = [0.0] * len(args.variants), [0.0] * len(args.variants)
         for job in jobs:
             for number, variant in enumerate(args.variants):
-                wall, cpu = run_job([*args.overrides, *variant.split(), *job], work_dirs[number], args.nproc)
+                wall, cpu, result = run_job([*args.overrides, *variant.split(), *job], work_dirs[number], args.nproc)
                 walls[number] += wall
                 cpus[number] += cpu
-                job_walls.append({"repeat": repeat, "variant": variant, "job": job, "wall_s": wall, "cpu_s": cpu})
+                job_records.append({
+                    "repeat": repeat, "variant": variant, "job": job, "decoder": result["config"]["decoder"],
+                    "wall_s": wall, "cpu_s": cpu, "epoch_s": result["cost"]["epoch_time_s"],
+                })
                 print(f"repeat {repeat + 1}, {variant}, {' '.join(job)}: {wall:.1f} s (CPU {cpu:.1f} s)", flush=True)
         rows = []
         for variant, work_dir, wall, cpu in zip(args.variants, work_dirs, walls, cpus):
@@ -215,8 +246,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     print(f"load average {os.getloadavg()[0]:.1f} at the end\n")
     print(f"median over {args.repeat} repeat(s); speed-ups relative to {table[0]['variant']!r}\n")
     print(markdown(table))
+    print(f"\nper decoder: mean over its {len(args.seeds) or 1} seed(s), median over repeats\n")
+    print(per_decoder(job_records, args.variants))
     if args.output:
-        record = {"machine": machine(), "argv": sys.argv, "repeats": repeats, "jobs": job_walls}
+        record = {"machine": machine(), "argv": sys.argv, "repeats": repeats, "jobs": job_records}
         (root / "benchmark_speed.json").write_text(json.dumps(record, indent=1))
     else:
         shutil.rmtree(root, ignore_errors=True)

@@ -27,3 +27,23 @@ def test_table_reports_medians_and_speedups_against_the_first_variant() -> None:
     table = benchmark_speed.markdown(rows).splitlines()
     assert table[0].startswith("| variant | runs | wall (s) |") and len(table) == 4
     assert table[3].endswith("| 3.00x | 2.00x | 4.00x | 4.00x | 1.00x |")  # wall, CPU, epoch, img/s, val+test
+
+
+def test_per_decoder_table_averages_seeds_and_takes_the_median_over_repeats() -> None:
+    def job(decoder: str, variant: str, repeat: int, wall: float, epoch: float) -> dict:
+        return {"decoder": decoder, "variant": variant, "repeat": repeat, "wall_s": wall, "epoch_s": epoch}
+
+    jobs = [
+        job("seg_linear", "cache=false", 0, 20.0, 2.0), job("seg_linear", "cache=false", 0, 40.0, 2.0),
+        job("seg_linear", "cache=true", 0, 5.0, 0.1), job("seg_linear", "cache=true", 0, 5.0, 0.1),
+        job("seg_upernet", "cache=false", 0, 60.0, 3.0), job("seg_upernet", "cache=true", 0, 30.0, 2.0),
+        job("seg_upernet", "cache=false", 1, 90.0, 3.0), job("seg_upernet", "cache=true", 1, 60.0, 2.0),
+        job("seg_upernet", "cache=false", 2, 60.0, 3.0), job("seg_upernet", "cache=true", 2, 20.0, 1.0),
+    ]
+    table = benchmark_speed.per_decoder(jobs, ["cache=false", "cache=true"]).splitlines()
+    assert table[0] == (
+        "| decoder | wall (s) cache=false | wall (s) cache=true | wall speed-up cache=true "
+        "| epoch (s) cache=false | epoch (s) cache=true | epoch speed-up cache=true |"
+    )
+    assert table[2] == "| seg_linear | 30 | 5 | 6.00x | 2 | 0.1 | 20.00x |"
+    assert table[3] == "| seg_upernet | 60 | 30 | 2.00x | 3 | 2 | 1.50x |"

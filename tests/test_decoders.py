@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,9 +16,11 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from benchmark.builders import check_train_batch
 from benchmark.engine.metrics import segmentation_metrics
 from benchmark.models.decoders.fcn import FCN
 from benchmark.models.decoders.muster import MUSTER, SkipAttentionBlock
+from benchmark.models.decoders.upernet import UPerNet
 from benchmark.models.encoders.ssl4eo import SSL4EOMAE
 from benchmark.models.segmentor import Segmentor
 
@@ -221,3 +224,16 @@ def test_model_cost_prints_a_row_per_decoder(capsys):
     for row in rows:
         encoder_gflops, decoder_gflops, total_gflops = (float(cell) for cell in row[-3:])
         assert encoder_gflops > 0 and decoder_gflops > 0 and total_gflops > 0
+
+
+def test_upernet_with_batch_norm_refuses_one_sample_per_process_before_training() -> None:
+    features = [torch.randn(1, 32, 4, 4) for _ in range(4)]
+    batch_norm = UPerNet([32] * 4, num_classes=2, channels=16)
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+        batch_norm.train()(features, (64, 64))  # what the check saves the user from, mid-run
+    with pytest.raises(ValueError, match=r"batch_size >= 2 per process.*decoder.norm=group"):
+        check_train_batch(OmegaConf.create({"batch_size": 1}), SimpleNamespace(decoder=batch_norm))
+    check_train_batch(OmegaConf.create({"batch_size": 2}), SimpleNamespace(decoder=batch_norm))
+    group_norm = UPerNet([32] * 4, num_classes=2, channels=16, norm="group")
+    check_train_batch(OmegaConf.create({"batch_size": 1}), SimpleNamespace(decoder=group_norm))
+    assert group_norm.train()(features, (64, 64)).shape == (1, 2, 64, 64)

@@ -17,7 +17,8 @@ def norm_2d(kind: str, channels: int) -> nn.Module:
     if kind == "batch":
         return nn.BatchNorm2d(channels)
     if kind == "group":
-        groups = next(g for g in (32, 16, 8, 4, 2, 1) if channels % g == 0)
+        # at least 2 channels per group, so that a 1x1 map (pyramid pooling) still has statistics
+        groups = next((g for g in (32, 16, 8, 4, 2) if channels % g == 0 and channels // g >= 2), 1)
         return nn.GroupNorm(groups, channels)
     raise ValueError(f"unknown norm {kind!r}; use 'batch' or 'group'")
 

@@ -60,6 +60,8 @@ class UPerNet(nn.Module):
         self.fuse = ConvNormAct(channels * len(dims), channels, 3, norm)
         self.dropout = nn.Dropout2d(dropout)
         self.classifier = nn.Conv2d(channels, num_classes, 1)
+        # BatchNorm after the 1x1 pooling branch sees one value per channel and sample: it needs 2 samples.
+        self.min_train_batch = 2 if norm == "batch" and 1 in pool_scales else 1
 
     def forward(self, features: Sequence[torch.Tensor], output_size: tuple[int, int]) -> torch.Tensor:
         pyramid = self.neck(features)
