@@ -125,6 +125,11 @@ def test_cached_windows_equal_what_the_encoder_computes(tiny, tmp_path: Path, dt
         got = cached_window_logits(model.decoder, features, (64, 64), window, stride, 2, batch_size=4)
     assert torch.allclose(got, expected, atol=10 * tolerance, rtol=10 * tolerance)
 
+    # on CPU the cached splits are read in the main process; GPU runs keep their workers
+    cuda = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cuda"))
+    assert builders.loader_workers(2, cached_val, CPU) == builders.loader_workers(2, cached_train, CPU) == 0
+    assert builders.loader_workers(2, val, CPU) == builders.loader_workers(2, cached_train, cuda) == 2
+
 
 def test_feature_cache_is_reused_and_rebuilt_when_stale_or_corrupt(tiny, tmp_path: Path, monkeypatch, caplog) -> None:
     cfg, model = tiny
@@ -271,3 +276,13 @@ def test_frozen_run_with_the_cache_matches_the_run_without_and_reuses_it(synthet
         assert json.loads((b / "manifest.json").read_text())["world_size"] == 2
         for array in a.glob("*.npy"):
             assert np.array_equal(np.load(array), np.load(b / array.name)), array
+
+
+def test_adamw_steps_with_its_fused_kernel_on_cpu(tiny) -> None:
+    cfg, model = tiny
+    optimizer = builders.build_optimizer(cfg, model)
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["fused"] is True
+    before = [p.detach().clone() for p in model.decoder.parameters()]
+    model.decoder(model.encoder({"optical": torch.randn(2, 13, 1, 32, 32)}), (32, 32)).mean().backward()
+    optimizer.step()
+    assert any(not torch.equal(b, p) for b, p in zip(before, model.decoder.parameters()))
