@@ -23,8 +23,9 @@ from benchmark.data.preprocessing import RandomCrop
 from benchmark.data.synthetic import SyntheticBurnScars
 from benchmark.data.windows import window_grid
 from benchmark.distributed import DistContext
-from benchmark.engine.evaluator import cached_window_logits, sliding_window_logits
+from benchmark.engine.evaluator import autocast_context, cached_window_logits, sliding_window_logits
 from benchmark.engine.feature_cache import FeatureCache, FeatureCacheError
+from benchmark.engine.trainer import resolve_precision
 from conftest import REPO, run_benchmark, tiny_overrides
 from test_pipeline import tiny_weights_file
 
@@ -286,3 +287,11 @@ def test_adamw_steps_with_its_fused_kernel_on_cpu(tiny) -> None:
     model.decoder(model.encoder({"optical": torch.randn(2, 13, 1, 32, 32)}), (32, 32)).mean().backward()
     optimizer.step()
     assert any(not torch.equal(b, p) for b, p in zip(before, model.decoder.parameters()))
+
+
+def test_bf16_precision_autocasts_on_cpu_and_auto_stays_fp32() -> None:
+    a, b = torch.randn(4, 4), torch.randn(4, 4)
+    with autocast_context(CPU.device, "bf16"):
+        assert (a @ b).dtype == torch.bfloat16
+    with autocast_context(CPU.device, resolve_precision("auto", CPU.device)):
+        assert (a @ b).dtype == torch.float32

@@ -21,9 +21,9 @@ Model = Callable[[dict[str, torch.Tensor], tuple[int, int]], torch.Tensor]
 
 
 def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast for ``precision == "bf16"`` on CUDA; full precision otherwise."""
-    if precision == "bf16" and device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    """bf16 autocast for ``precision == "bf16"`` (CUDA or CPU); full precision otherwise."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
