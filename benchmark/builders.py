@@ -79,14 +79,21 @@ def build_feature_cache(cfg: DictConfig, mode: str, model: Segmentor, ctx: DistC
     )
 
 
-def check_train_batch(cfg: DictConfig, model: Segmentor) -> None:
-    """Stop before any work when the decoder cannot train on ``batch_size`` samples per process."""
+def check_train_batch(cfg: DictConfig, model: Segmentor, ctx: DistContext) -> None:
+    """Stop before any work when the decoder cannot train on ``batch_size`` samples per process.
+
+    SyncBatchNorm (DDP on CUDA) pools its statistics over all processes, so there the samples of every
+    process count.
+    """
     needed = getattr(model.decoder, "min_train_batch", 1)
-    if cfg.batch_size < needed:
+    synced = any(isinstance(m, nn.SyncBatchNorm) for m in model.decoder.modules())
+    samples = cfg.batch_size * (ctx.world_size if synced else 1)
+    if samples < needed:
         raise ValueError(
-            f"{type(model.decoder).__name__} needs batch_size >= {needed} per process to train (its BatchNorm "
-            f"after 1x1 pyramid pooling has a single value per sample), got {cfg.batch_size}: raise batch_size "
-            "or use decoder.norm=group"
+            f"{type(model.decoder).__name__} needs at least {needed} samples per BatchNorm step to train (its "
+            f"BatchNorm after 1x1 pyramid pooling has a single value per sample), got batch_size={cfg.batch_size} "
+            f"per process{f' over {ctx.world_size} process(es)' if synced else ''}: raise batch_size or use "
+            "decoder.norm=group"
         )
 
 
@@ -152,7 +159,7 @@ def build_segmentor(cfg: DictConfig, mode: str, ctx: DistContext) -> Segmentor:
 def build_optimizer(cfg: DictConfig, model: Segmentor) -> torch.optim.Optimizer:
     """``cfg.optimizer`` over the trainable parameters; the encoder's LR scaled by ``encoder_lr_scale``.
 
-    Adam and AdamW use their fused kernel (CPU and CUDA; about 12 % faster decoder steps on CPU).
+    Adam and AdamW use their fused kernel (CPU and CUDA).
     """
     groups: list[dict[str, Any]] = [{"params": [p for p in model.decoder.parameters() if p.requires_grad]}]
     if model.encoder_trains:

@@ -79,7 +79,7 @@ def train(cfg: DictConfig) -> dict[str, Any] | None:
         seed_everything(int(cfg.seed))
 
         model = builders.build_segmentor(cfg, mode, ctx)
-        builders.check_train_batch(cfg, model)
+        builders.check_train_batch(cfg, model, ctx)
         counts = model.parameter_counts()
         log.info("Parameters: %s total, %s trainable", f"{counts['total_params']:,}", f"{counts['trainable_params']:,}")
         features = builders.build_feature_cache(cfg, mode, model, ctx)

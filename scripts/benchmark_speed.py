@@ -114,9 +114,10 @@ def run_job(overrides: Sequence[str], work_dir: Path, nproc: int) -> tuple[float
         raise SystemExit(f"{' '.join(command)} failed:\n{result.stdout[-4000:]}")
     wall, cpu = time.perf_counter() - started, children_cpu_seconds() - cpu
     written = set(work_dir.glob("*/results.json")) - before
-    if len(written) != 1:
-        raise SystemExit(f"{' '.join(command)} wrote {len(written)} results.json files in {work_dir}, expected 1")
-    return wall, cpu, json.loads(written.pop().read_text())
+    results = [json.loads(p.read_text()) for p in written]
+    if len(results) != 1 or results[0]["status"] != "completed":
+        raise SystemExit(f"{' '.join(command)}: expected one completed run in {work_dir}, found {len(results)}")
+    return wall, cpu, results[0]
 
 
 def summarize(variant: str, wall: float, cpu: float, results: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -222,22 +223,22 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     for repeat in range(args.repeat):
         work_dirs = [root / f"repeat{repeat}_variant{number}" for number in range(len(args.variants))]
         walls, cpus = [0.0] * len(args.variants), [0.0] * len(args.variants)
+        results: list[list[dict[str, Any]]] = [[] for _ in args.variants]
         for job in jobs:
             for number, variant in enumerate(args.variants):
                 wall, cpu, result = run_job([*args.overrides, *variant.split(), *job], work_dirs[number], args.nproc)
                 walls[number] += wall
                 cpus[number] += cpu
+                results[number].append(result)
                 job_records.append({
                     "repeat": repeat, "variant": variant, "job": job, "decoder": result["config"]["decoder"],
                     "wall_s": wall, "cpu_s": cpu, "epoch_s": result["cost"]["epoch_time_s"],
                 })
                 print(f"repeat {repeat + 1}, {variant}, {' '.join(job)}: {wall:.1f} s (CPU {cpu:.1f} s)", flush=True)
-        rows = []
-        for variant, work_dir, wall, cpu in zip(args.variants, work_dirs, walls, cpus):
-            results = [json.loads(p.read_text()) for p in sorted(work_dir.glob("*/results.json"))]
-            if len(results) != len(jobs) or any(r["status"] != "completed" for r in results):
-                raise SystemExit(f"variant {variant!r}: expected {len(jobs)} completed runs in {work_dir}")
-            rows.append(summarize(variant or "(config)", wall, cpu, results))
+        rows = [
+            summarize(variant or "(config)", wall, cpu, runs)
+            for variant, wall, cpu, runs in zip(args.variants, walls, cpus, results)
+        ]
         repeats.append(rows)
     table = median_rows(repeats)
     for number, variant in enumerate(table[1:], start=1):

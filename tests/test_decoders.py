@@ -17,6 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from benchmark.builders import check_train_batch
+from benchmark.distributed import DistContext
 from benchmark.engine.metrics import segmentation_metrics
 from benchmark.models.decoders.fcn import FCN
 from benchmark.models.decoders.muster import MUSTER, SkipAttentionBlock
@@ -227,13 +228,19 @@ def test_model_cost_prints_a_row_per_decoder(capsys):
 
 
 def test_upernet_with_batch_norm_refuses_one_sample_per_process_before_training() -> None:
+    one, two = (DistContext(rank=0, world_size=n, local_rank=0, device=torch.device("cpu")) for n in (1, 2))
     features = [torch.randn(1, 32, 4, 4) for _ in range(4)]
     batch_norm = UPerNet([32] * 4, num_classes=2, channels=16)
     with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
         batch_norm.train()(features, (64, 64))  # what the check saves the user from, mid-run
-    with pytest.raises(ValueError, match=r"batch_size >= 2 per process.*decoder.norm=group"):
-        check_train_batch(OmegaConf.create({"batch_size": 1}), SimpleNamespace(decoder=batch_norm))
-    check_train_batch(OmegaConf.create({"batch_size": 2}), SimpleNamespace(decoder=batch_norm))
+    for ctx in (one, two):  # plain BatchNorm sees only its own process's samples
+        with pytest.raises(ValueError, match=r"at least 2 samples per BatchNorm step.*decoder.norm=group"):
+            check_train_batch(OmegaConf.create({"batch_size": 1}), SimpleNamespace(decoder=batch_norm), ctx)
+    check_train_batch(OmegaConf.create({"batch_size": 2}), SimpleNamespace(decoder=batch_norm), one)
+    synced = torch.nn.SyncBatchNorm.convert_sync_batchnorm(UPerNet([32] * 4, num_classes=2, channels=16))
+    check_train_batch(OmegaConf.create({"batch_size": 1}), SimpleNamespace(decoder=synced), two)
+    with pytest.raises(ValueError, match=r"over 1 process\(es\)"):
+        check_train_batch(OmegaConf.create({"batch_size": 1}), SimpleNamespace(decoder=synced), one)
     group_norm = UPerNet([32] * 4, num_classes=2, channels=16, norm="group")
-    check_train_batch(OmegaConf.create({"batch_size": 1}), SimpleNamespace(decoder=group_norm))
+    check_train_batch(OmegaConf.create({"batch_size": 1}), SimpleNamespace(decoder=group_norm), one)
     assert group_norm.train()(features, (64, 64)).shape == (1, 2, 64, 64)
