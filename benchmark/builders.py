@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -15,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from benchmark.data.loaders import EpochShuffleSampler, ShardSampler, make_loader
 from benchmark.data.preprocessing import PreprocessedDataset
 from benchmark.distributed import DistContext, barrier
+from benchmark.engine.checkpoint import trusted_pickle_files
 from benchmark.engine.evaluator import Evaluator
 from benchmark.engine.feature_cache import (
     CachedEvalTiles, CachedTrainWindows, FeatureCache, main_then_share, weights_sha256,
@@ -25,6 +28,22 @@ from benchmark.models.segmentor import Segmentor
 log = logging.getLogger(__name__)
 
 
+def instantiate_plain(config: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` that raises the constructor's own error (e.g. a dataset's list of bad
+    files), not Hydra's wrapper around its repr."""
+    try:
+        return instantiate(config, **kwargs)
+    except InstantiationException as error:
+        if error.__cause__ is None:
+            raise
+        raise error.__cause__ from None
+
+
+def build_datasets(cfg: DictConfig, ctx: DistContext, splits: Sequence[str] = ("train", "val", "test")) -> dict[str, PreprocessedDataset]:
+    """Every split a run reads, built (so every file checked) before any model or training work."""
+    return {split: build_dataset(cfg, split, ctx) for split in splits}
+
+
 def build_dataset(cfg: DictConfig, split: str, ctx: DistContext) -> PreprocessedDataset:
     """The ``split`` of ``cfg.dataset`` with ``cfg.preprocessing[split]`` applied.
 
@@ -33,19 +52,11 @@ def build_dataset(cfg: DictConfig, split: str, ctx: DistContext) -> Preprocessed
     if not ctx.is_main:
         barrier()
     raster_cache = str(Path(cfg.cache_dir) / "rasters") if cfg.cache else None
-    dataset = instantiate(cfg.dataset, split=split, cache_dir=raster_cache, _convert_="all")
+    dataset = instantiate_plain(cfg.dataset, split=split, cache_dir=raster_cache, _convert_="all")
     if ctx.is_main:
         barrier()
-    steps = [instantiate(step, _convert_="all") for step in cfg.preprocessing[split]]
+    steps = [instantiate_plain(step, _convert_="all") for step in cfg.preprocessing[split]]
     return PreprocessedDataset(dataset, steps, seed=cfg.seed)
-
-
-def resolve_train_crop_stride(cfg: DictConfig, mode: str) -> int:
-    """``train_crop_stride``; null means half the encoder window in frozen mode (a fixed grid of windows
-    whose encoder features can be cached) and 1 (crops anywhere, PANGAEA) when the encoder trains."""
-    if cfg.train_crop_stride is not None:
-        return int(cfg.train_crop_stride)
-    return max(1, int(cfg.encoder.input_size) // 2) if mode == "frozen" else 1
 
 
 def cache_key(cfg: DictConfig, split: str) -> dict[str, Any]:
@@ -104,11 +115,14 @@ def loader_workers(num_workers: int, dataset: Dataset, ctx: DistContext) -> int:
     return 0 if cached and ctx.device.type == "cpu" else num_workers
 
 
-def train_loader(cfg: DictConfig, ctx: DistContext, features: FeatureCache | None = None) -> DataLoader:
-    """Training batches: preprocessed crops, or their cached encoder features when ``features`` covers them."""
-    dataset: Dataset = build_dataset(cfg, "train", ctx)
+def train_loader(
+    cfg: DictConfig, ctx: DistContext, tiles: PreprocessedDataset, features: FeatureCache | None = None
+) -> DataLoader:
+    """Training batches of the train split ``tiles``: preprocessed crops, or their cached encoder features
+    when ``features`` covers them."""
+    dataset: Dataset = tiles
     if features is not None:
-        cached = features.train_windows(dataset, cache_key(cfg, "train"))
+        cached = features.train_windows(tiles, cache_key(cfg, "train"))
         dataset = dataset if cached is None else cached
     if len(dataset) < cfg.batch_size * ctx.world_size:
         raise ValueError(
@@ -120,16 +134,14 @@ def train_loader(cfg: DictConfig, ctx: DistContext, features: FeatureCache | Non
     return make_loader(dataset, sampler, cfg.batch_size, workers, ctx.device.type == "cuda", drop_last=True)
 
 
-def eval_stride(cfg: DictConfig, window: int) -> int:
-    return cfg.task.evaluator.stride or max(1, window // 2)
-
-
-def eval_loader(cfg: DictConfig, split: str, ctx: DistContext, features: FeatureCache | None = None) -> DataLoader:
-    """Full tiles of ``split``, or the cached encoder features of their sliding windows."""
-    dataset: Dataset = build_dataset(cfg, split, ctx)
+def eval_loader(
+    cfg: DictConfig, split: str, ctx: DistContext, tiles: PreprocessedDataset, features: FeatureCache | None = None
+) -> DataLoader:
+    """The full tiles of ``split`` (``tiles``), or the cached encoder features of their sliding windows."""
+    dataset: Dataset = tiles
     if features is not None:
         window = features.encoder.input_size
-        dataset = features.eval_tiles(dataset, split, window, eval_stride(cfg, window), cache_key(cfg, split))
+        dataset = features.eval_tiles(tiles, split, window, cfg.task.evaluator.stride, cache_key(cfg, split))
     sampler = ShardSampler(len(dataset), ctx.rank, ctx.world_size)
     workers = loader_workers(cfg.test_num_workers, dataset, ctx)
     return make_loader(dataset, sampler, cfg.test_batch_size, workers, ctx.device.type == "cuda")
@@ -141,8 +153,10 @@ def build_segmentor(cfg: DictConfig, mode: str, ctx: DistContext) -> Segmentor:
     On CUDA the decoder's convolutions use channels_last; ``task.trainer.compile`` compiles encoder and
     decoder (in place: checkpoints keep their keys).
     """
-    encoder = instantiate(cfg.encoder, pretrained=mode != "random", _convert_="all")
-    decoder = instantiate(cfg.decoder, in_dims=encoder.output_dims, _convert_="all")
+    # Encoders read their release file inside their constructor: the opt-in reaches it through this block.
+    with trusted_pickle_files(cfg.get("trusted_pickle_files")):
+        encoder = instantiate_plain(cfg.encoder, pretrained=mode != "random", _convert_="all")
+    decoder = instantiate_plain(cfg.decoder, in_dims=encoder.output_dims, _convert_="all")
     model = Segmentor(encoder, decoder, mode)
     if ctx.distributed and ctx.device.type == "cuda":
         # BatchNorm statistics are shared across GPUs under DDP; on CPU (gloo) plain BatchNorm stays.
@@ -159,15 +173,31 @@ def build_segmentor(cfg: DictConfig, mode: str, ctx: DistContext) -> Segmentor:
 def build_optimizer(cfg: DictConfig, model: Segmentor) -> torch.optim.Optimizer:
     """``cfg.optimizer`` over the trainable parameters; the encoder's LR scaled by ``encoder_lr_scale``.
 
-    Adam and AdamW use their fused kernel (CPU and CUDA).
+    Adam and AdamW use their fused kernel where this torch build has one for the device (CUDA; CPU since
+    torch 2.4); the result is the same update either way.
     """
     groups: list[dict[str, Any]] = [{"params": [p for p in model.decoder.parameters() if p.requires_grad]}]
     if model.encoder_trains:
         params = [p for p in model.encoder.parameters() if p.requires_grad]
         groups.append({"params": params, "lr": cfg.optimizer.lr * cfg.encoder_lr_scale})
     factory = instantiate(cfg.optimizer)
-    fused = factory.func in (torch.optim.Adam, torch.optim.AdamW)
-    return factory(groups, fused=True) if fused else factory(groups)
+    device = groups[0]["params"][0].device if groups[0]["params"] else torch.device("cpu")
+    if factory.func in (torch.optim.Adam, torch.optim.AdamW) and fused_kernel_available(factory.func, device.type):
+        return factory(groups, fused=True)
+    return factory(groups)
+
+
+@functools.cache
+def fused_kernel_available(optimizer: type, device_type: str) -> bool:
+    """Whether ``optimizer(fused=True)`` can step on ``device_type`` with this torch build (tried once)."""
+    param = torch.zeros(1, device=device_type, requires_grad=True)
+    param.grad = torch.zeros_like(param)
+    try:
+        optimizer([param], fused=True).step()
+    except RuntimeError:
+        log.info("%s has no fused kernel on %s in torch %s: using the default one", optimizer.__name__, device_type, torch.__version__)
+        return False
+    return True
 
 
 def build_evaluator(cfg: DictConfig, loader: DataLoader, window: int, ctx: DistContext) -> Evaluator:
@@ -180,7 +210,7 @@ def build_evaluator(cfg: DictConfig, loader: DataLoader, window: int, ctx: DistC
         ignore_index=cfg.dataset.ignore_index,
         class_names=list(cfg.dataset.classes),
         window=window,
-        stride=eval_stride(cfg, window),
+        stride=cfg.task.evaluator.stride,
         ctx=ctx,
         inference_batch=evaluator_cfg.sliding_inference_batch,
         precision=resolve_precision(cfg.task.trainer.precision, ctx.device),

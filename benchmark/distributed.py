@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -81,6 +82,20 @@ def broadcast_object(value: Any, src: int = 0) -> Any:
     box = [value]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def all_gather_object(value: Any) -> list[Any]:
+    """Every rank's ``value``, by rank (``[value]`` without a process group)."""
+    if not dist.is_initialized():
+        return [value]
+    values: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
+def process_seed(seed: int, rank: int) -> int:
+    """The seed of rank ``rank``'s own random draws (dropout, drop-path): distinct per rank, fixed per seed."""
+    return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +12,14 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from benchmark import builders
-from benchmark.distributed import DistContext, barrier, init_distributed, shutdown
+from benchmark import builders, failures
+from benchmark.config_checks import check_config
+from benchmark.distributed import DistContext, barrier, init_distributed, process_seed, shutdown
 from benchmark.engine.checkpoint import load_checkpoint, seed_everything, write_json
 from benchmark.engine.trainer import Trainer, peak_memory_mb
+from benchmark.failures import PeerFailedError
 from benchmark.models.segmentor import resolve_mode
+from benchmark.results import Cost, completed_result, completed_results, failed_result, write_results
 from benchmark.rundir import choose_run_dir, package_versions, save_config, setup_logging, summary
 
 log = logging.getLogger(__name__)
@@ -31,15 +32,6 @@ def hydra_choices() -> dict[str, str]:
     """The config-group options this run was composed from (e.g. ``{"encoder": "dofa", ...}``)."""
     choices = HydraConfig.get().runtime.choices
     return {group: str(choices[group]) for group in GROUPS if group in choices}
-
-
-def completed_results(run_dir: Path) -> dict[str, Any] | None:
-    """The results of a run folder whose run finished, else None."""
-    path = run_dir / "results.json"
-    if not path.is_file():
-        return None
-    results = json.loads(path.read_text())
-    return results if results.get("status") == "completed" else None
 
 
 def start_wandb(cfg: DictConfig, run_dir: Path) -> Any:
@@ -56,113 +48,145 @@ def start_wandb(cfg: DictConfig, run_dir: Path) -> Any:
 
 
 def train(cfg: DictConfig) -> dict[str, Any] | None:
-    """Fine-tune, validate, test the best checkpoint and write ``results.json`` in the run folder."""
+    """Fine-tune, validate, test the best checkpoint and write ``results.json`` in the run folder.
+
+    Settings are checked before anything starts; every file of every split before any model work. A run
+    that fails leaves a failed ``results.json`` with the error of the process that failed first.
+    """
     started = time.time()
+    check_config(cfg)
     ctx = init_distributed(cfg.device)
     run_dir: Path | None = None
-    wandb_run = None
+    with failures.sigterm_raises():
+        try:
+            setup_logging(ctx, None)
+            mode = resolve_mode(cfg.mode, cfg.finetune)
+            choices = hydra_choices()
+            folder, resuming = choose_run_dir(cfg, choices, mode, ctx)
+            finished = completed_results(folder) if cfg.resume else None
+            if finished is not None:
+                log.info("%s has already completed (resume=true): nothing to do", folder)
+                return finished.to_dict()
+            run_dir = folder
+            return fit_and_test(cfg, ctx, run_dir, resuming, choices, mode, started)
+        except BaseException as error:
+            if run_dir is not None:
+                report_failure(ctx, run_dir, error, started)
+            raise
+        finally:
+            shutdown()
+
+
+def fit_and_test(
+    cfg: DictConfig, ctx: DistContext, run_dir: Path, resuming: bool, choices: dict[str, str], mode: str, started: float
+) -> dict[str, Any]:
+    """The run itself: build, train (or continue), test the best checkpoint, write ``results.json``."""
+    setup_logging(ctx, run_dir / "train.log")
+    log.info("Run folder %s (%d process(es) on %s, mode=%s)", run_dir, ctx.world_size, ctx.device, mode)
+    if ctx.is_main:
+        save_config(cfg, choices, mode, run_dir)
+    seed_everything(int(cfg.seed))
+    datasets = builders.build_datasets(cfg, ctx)  # every file of every split checked before the work
+    model = builders.build_segmentor(cfg, mode, ctx)
+    builders.check_train_batch(cfg, model, ctx)
+    counts = model.parameter_counts()
+    log.info("Parameters: %s total, %s trainable", f"{counts['total_params']:,}", f"{counts['trainable_params']:,}")
+    features = builders.build_feature_cache(cfg, mode, model, ctx)
+    evaluators = {
+        split: builders.build_evaluator(
+            cfg, builders.eval_loader(cfg, split, ctx, datasets[split], features), model.encoder.input_size, ctx
+        )
+        for split in ("val", "test")
+    }
+    wandb_run = start_wandb(cfg, run_dir) if cfg.task.trainer.use_wandb and ctx.is_main else None
     try:
-        setup_logging(ctx, None)
-        mode = resolve_mode(cfg.mode, cfg.finetune)
-        cfg.train_crop_stride = builders.resolve_train_crop_stride(cfg, mode)
-        choices = hydra_choices()
-        run_dir, resuming = choose_run_dir(cfg, choices, mode, ctx)
-        finished = completed_results(run_dir) if cfg.resume else None
-        if finished is not None:
-            log.info("%s has already completed (resume=true): nothing to do", run_dir)
-            run_dir = None  # leave its results.json as it is
-            return finished
-        setup_logging(ctx, run_dir / "train.log")
-        log.info("Run folder %s (%d process(es) on %s, mode=%s)", run_dir, ctx.world_size, ctx.device, mode)
-        if ctx.is_main:
-            save_config(cfg, choices, mode, run_dir)
-        seed_everything(int(cfg.seed))
-
-        model = builders.build_segmentor(cfg, mode, ctx)
-        builders.check_train_batch(cfg, model, ctx)
-        counts = model.parameter_counts()
-        log.info("Parameters: %s total, %s trainable", f"{counts['total_params']:,}", f"{counts['trainable_params']:,}")
-        features = builders.build_feature_cache(cfg, mode, model, ctx)
-        train_loader = builders.train_loader(cfg, ctx, features)
-        window = model.encoder.input_size
-        val_evaluator = builders.build_evaluator(cfg, builders.eval_loader(cfg, "val", ctx, features), window, ctx)
-        optimizer = builders.build_optimizer(cfg, model)
-        scheduler = instantiate(cfg.lr_scheduler)(optimizer, total_iters=len(train_loader) * cfg.task.trainer.n_epochs)
-        criterion = instantiate(cfg.criterion).to(ctx.device)
-        trainer_cfg = cfg.task.trainer
-        if trainer_cfg.use_wandb and ctx.is_main:
-            wandb_run = start_wandb(cfg, run_dir)
-        trainer = Trainer(
-            model, criterion, optimizer, scheduler, train_loader, val_evaluator, ctx, run_dir,
-            n_epochs=trainer_cfg.n_epochs,
-            eval_interval=trainer_cfg.eval_interval,
-            log_interval=trainer_cfg.log_interval,
-            ckpt_interval=trainer_cfg.ckpt_interval,
-            grad_clip=trainer_cfg.grad_clip,
-            precision=trainer_cfg.precision,
-            best_metric_key=trainer_cfg.best_metric_key,
-            use_wandb=trainer_cfg.use_wandb,
-            wandb_run=wandb_run,
-        )
+        trainer = build_trainer(cfg, ctx, run_dir, model, builders.train_loader(cfg, ctx, datasets["train"], features),
+                                evaluators["val"], wandb_run)
+        # Model weights were drawn from the shared seed; dropout and drop-path masks differ per rank.
+        seed_everything(process_seed(int(cfg.seed), ctx.rank))
         if resuming:
-            trainer.resume(run_dir / "checkpoints" / "last.pt")
+            trainer.resume(run_dir / "checkpoints" / "last.pt", trusted=cfg.trusted_pickle_files)
+        else:
+            trainer.start_afresh()
         best_val = trainer.fit()
-
-        barrier()  # rank 0 has written best.pt
-        best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
-        model.load_trainable_state_dict(best["model"])
-        test_evaluator = builders.build_evaluator(cfg, builders.eval_loader(cfg, "test", ctx, features), window, ctx)
-        test_started = time.perf_counter()
-        test_metrics = test_evaluator.evaluate(model, desc="test")
-        test_seconds = time.perf_counter() - test_started
-        log.info(
-            "Test (best epoch %d): mIoU %.4f  %s",
-            best["epoch"] + 1, test_metrics["mIoU"],
-            "  ".join(f"IoU[{k}] {v:.4f}" for k, v in test_metrics["IoU"].items()),
+        best_epoch, test_metrics, test_seconds = evaluate_best_checkpoint(cfg, run_dir, model, evaluators["test"])
+        cost = Cost(
+            **counts,
+            wall_time_s=time.time() - started,
+            train_time_s=trainer.train_seconds,
+            epoch_time_s=trainer.train_seconds / trainer.n_epochs,
+            train_images_per_s=trainer.train_images / max(trainer.train_seconds, 1e-9),
+            val_time_s=trainer.eval_seconds,
+            test_time_s=test_seconds,
+            feature_cache_time_s=features.seconds if features is not None else 0.0,
+            peak_memory_mb=peak_memory_mb(ctx.device),
         )
-        results = {
-            "status": "completed",
-            "run_dir": str(run_dir),
-            "config": summary(cfg, choices, mode, ctx),
-            "best_epoch": best["epoch"] + 1,
-            "val": best_val,
-            "test": test_metrics,
-            "cost": {
-                **counts,
-                "wall_time_s": time.time() - started,
-                "train_time_s": trainer.train_seconds,
-                "epoch_time_s": trainer.train_seconds / trainer.n_epochs,
-                "train_images_per_s": trainer.train_images / max(trainer.train_seconds, 1e-9),
-                "val_time_s": trainer.eval_seconds,
-                "test_time_s": test_seconds,
-                "feature_cache_time_s": features.seconds if features is not None else 0.0,
-                "peak_memory_mb": peak_memory_mb(ctx.device),
-            },
-            "versions": package_versions(),
-        }
+        result = completed_result(
+            run_dir, summary(cfg, choices, mode, ctx), best_epoch=best_epoch, val=best_val, test=test_metrics,
+            cost=cost, versions=package_versions(),
+        )
         if ctx.is_main:
-            write_json(run_dir / "results.json", results)
+            write_results(run_dir, result)
             if wandb_run is not None:
                 wandb_run.summary.update({f"test/{k}": v for k, v in test_metrics.items() if isinstance(v, float)})
             log.info("Results written to %s", run_dir / "results.json")
-        return results
-    except BaseException as error:
-        if ctx.is_main and run_dir is not None:
-            write_json(
-                run_dir / "results.json",
-                {
-                    "status": "failed",
-                    "run_dir": str(run_dir),
-                    "error": f"{type(error).__name__}: {error}",
-                    "traceback": traceback.format_exc(),
-                    "versions": package_versions(),
-                },
-            )
-        raise
+        return result.to_dict()
     finally:
         if wandb_run is not None:
             wandb_run.finish()
-        shutdown()
+
+
+def evaluate_best_checkpoint(cfg: DictConfig, run_dir: Path, model: Any, evaluator: Any) -> tuple[int, dict[str, Any], float]:
+    """``(best epoch, test metrics, seconds)`` of the run's best checkpoint."""
+    barrier()  # rank 0 has written best.pt
+    best = load_checkpoint(run_dir / "checkpoints" / "best.pt", trusted=cfg.trusted_pickle_files)
+    model.load_trainable_state_dict(best["model"])
+    started = time.perf_counter()
+    metrics = evaluator.evaluate(model, desc="test")
+    log.info(
+        "Test (best epoch %d): mIoU %.4f  %s", best["epoch"] + 1, metrics["mIoU"],
+        "  ".join(f"IoU[{k}] {v:.4f}" for k, v in metrics["IoU"].items()),
+    )
+    return best["epoch"] + 1, metrics, time.perf_counter() - started
+
+
+def build_trainer(
+    cfg: DictConfig, ctx: DistContext, run_dir: Path, model: Any, train_loader: Any, val_evaluator: Any, wandb_run: Any
+) -> Trainer:
+    optimizer = builders.build_optimizer(cfg, model)
+    scheduler = instantiate(cfg.lr_scheduler)(optimizer, total_iters=len(train_loader) * cfg.task.trainer.n_epochs)
+    criterion = instantiate(cfg.criterion).to(ctx.device)
+    trainer_cfg = cfg.task.trainer
+    return Trainer(
+        model, criterion, optimizer, scheduler, train_loader, val_evaluator, ctx, run_dir,
+        n_epochs=trainer_cfg.n_epochs,
+        eval_interval=trainer_cfg.eval_interval,
+        log_interval=trainer_cfg.log_interval,
+        ckpt_interval=trainer_cfg.ckpt_interval,
+        grad_clip=trainer_cfg.grad_clip,
+        precision=trainer_cfg.precision,
+        best_metric_key=trainer_cfg.best_metric_key,
+        use_wandb=trainer_cfg.use_wandb,
+        wandb_run=wandb_run,
+    )
+
+
+def report_failure(ctx: DistContext, run_dir: Path, error: BaseException, since: float) -> None:
+    """Record ``error`` and, on rank 0, write the failed ``results.json`` with the error of the rank that
+    failed first (raising it as :class:`~benchmark.failures.PeerFailedError` when it was another rank's)."""
+    own = failures.record(run_dir, ctx.rank, error) if ctx.distributed else None
+    if not ctx.is_main:
+        return
+    cause = failures.first_failure(run_dir, own, since) if own is not None else None
+    if cause is None or cause.rank == ctx.rank:
+        write_results(run_dir, failed_result(run_dir, error, package_versions()))
+        failures.clear(run_dir)
+        return
+    reported = PeerFailedError(f"rank {cause.rank} failed first: {cause.error}")
+    log.error("Run failed: %s\n%s", reported, cause.traceback)
+    write_results(run_dir, failed_result(run_dir, reported, package_versions(), traceback_text=cause.traceback))
+    failures.clear(run_dir)
+    raise reported from error
 
 
 def merge_overrides(saved: DictConfig, overrides: list[str]) -> DictConfig:
@@ -192,15 +216,17 @@ def test(cfg: DictConfig) -> dict[str, Any]:
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} not found: ckpt_dir must be a run folder made by benchmark/run.py")
     run_cfg = merge_overrides(OmegaConf.load(config_path), list(HydraConfig.get().overrides.task))
+    # Trust comes from this command line only, never from a run folder someone handed over.
+    run_cfg.trusted_pickle_files = list(cfg.trusted_pickle_files)
     ctx = init_distributed(run_cfg.device)
     try:
         setup_logging(ctx, run_dir / "test.log" if ctx.is_main else None)
         checkpoint_path = Path(cfg.ckpt) if cfg.ckpt not in ("best", "last") else run_dir / "checkpoints" / f"{cfg.ckpt}.pt"
         model = builders.build_segmentor(run_cfg, run_cfg.mode, ctx)
-        checkpoint = load_checkpoint(checkpoint_path)
+        checkpoint = load_checkpoint(checkpoint_path, trusted=cfg.trusted_pickle_files)  # the command line's, not the saved run's
         model.load_trainable_state_dict(checkpoint["model"])
         features = builders.build_feature_cache(run_cfg, run_cfg.mode, model, ctx)
-        loader = builders.eval_loader(run_cfg, cfg.split, ctx, features)
+        loader = builders.eval_loader(run_cfg, cfg.split, ctx, builders.build_dataset(run_cfg, cfg.split, ctx), features)
         evaluator = builders.build_evaluator(run_cfg, loader, model.encoder.input_size, ctx)
         metrics = evaluator.evaluate(model, desc=cfg.split)
         log.info("%s on %s (%d process(es)): mIoU %.4f", checkpoint_path, cfg.split, ctx.world_size, metrics["mIoU"])

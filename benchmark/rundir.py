@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import logging
 import platform
@@ -10,11 +9,11 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from benchmark.distributed import DistContext, broadcast_object
+from benchmark.results import CHOICE_GROUPS, RunConfig, settings_hash
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +28,7 @@ class RunDirError(RuntimeError):
 EXECUTION_KEYS = frozenset({
     "work_dir", "run_dir", "resume", "device", "num_workers", "test_num_workers", "use_wandb",
     "wandb_project", "task.trainer.use_wandb", "task.trainer.log_interval", "task.trainer.ckpt_interval",
-    "dataset.root_path", "cache", "cache_dir", "nproc_per_node",
+    "dataset.root_path", "cache", "cache_dir", "nproc_per_node", "trusted_pickle_files",
 })
 # Overrides already spelled out in the run name.
 NAMED_KEYS = frozenset({"dataset", "encoder", "decoder", "mode", "finetune", "seed"})
@@ -51,9 +50,7 @@ def run_stem(choices: dict[str, str], mode: str, seed: int, settings: list[str])
     of those overrides, so that ``resume=true`` never mistakes one for the other.
     """
     stem = f"{choices['dataset']}_{choices['encoder']}_{choices['decoder']}_{mode}_s{seed}"
-    if settings:
-        stem += "_" + hashlib.sha1("\n".join(settings).encode()).hexdigest()[:8]
-    return stem
+    return f"{stem}_{settings_hash(settings)}" if settings else stem
 
 
 def find_resumable(work_dir: Path, stem: str) -> Path | None:
@@ -139,20 +136,19 @@ def save_config(cfg: DictConfig, choices: dict[str, str], mode: str, run_dir: Pa
     OmegaConf.save(OmegaConf.create(resolved), run_dir / "config.yaml")
 
 
-def summary(cfg: DictConfig, choices: dict[str, str], mode: str, ctx: DistContext) -> dict[str, Any]:
-    """The 'what was run' block of ``results.json``."""
-    return {
-        "dataset": choices["dataset"],
-        "encoder": choices["encoder"],
-        "decoder": choices["decoder"],
-        "preprocessing": choices["preprocessing"],
-        "criterion": choices.get("criterion"),
-        "mode": mode,
-        "seed": int(cfg.seed),
-        "encoder_weights": cfg.encoder.get("encoder_weights") if mode != "random" else None,
-        "n_epochs": int(cfg.task.trainer.n_epochs),
-        "batch_size_per_process": int(cfg.batch_size),
-        "world_size": ctx.world_size,
-        "device": str(ctx.device),
-        "settings": setting_overrides(),
-    }
+def summary(cfg: DictConfig, choices: dict[str, str], mode: str, ctx: DistContext) -> RunConfig:
+    """The ``config`` block of ``results.json``: the full job identity, then how the run was executed."""
+    settings = tuple(setting_overrides())
+    return RunConfig(
+        **{group: choices.get(group) for group in CHOICE_GROUPS},
+        mode=mode,
+        seed=int(cfg.seed),
+        settings=settings,
+        settings_hash=settings_hash(settings),
+        train_crop_stride=int(cfg.train_crop_stride),
+        encoder_weights=cfg.encoder.get("encoder_weights") if mode != "random" else None,
+        n_epochs=int(cfg.task.trainer.n_epochs),
+        batch_size_per_process=int(cfg.batch_size),
+        world_size=ctx.world_size,
+        device=str(ctx.device),
+    )

@@ -21,7 +21,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from benchmark.models.segmentor import resolve_mode
-from benchmark.pipeline import completed_results, hydra_choices
+from benchmark.pipeline import hydra_choices
+from benchmark.results import completed_results
 from benchmark.rundir import find_resumable, run_stem, setting_overrides
 
 log = logging.getLogger("benchmark.sweep")  # also when run as __main__
@@ -57,7 +58,10 @@ def job_command(overrides: list[str], nproc: int) -> list[str]:
 
 
 def completed_run(cfg: DictConfig) -> Path | None:
-    """The folder of this job's completed run, if any (the one ``resume=true`` would find)."""
+    """The folder of this job's completed run, if any (the one ``resume=true`` would find).
+
+    A malformed ``results.json`` there stops the job with ``ResultsError`` naming the file.
+    """
     if cfg.run_dir:
         folder: Path | None = Path(cfg.run_dir)
     else:

@@ -43,6 +43,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from benchmark.results import RunResult, read_results
+
 REPO = Path(__file__).resolve().parents[1]
 RUN_PY = REPO / "benchmark" / "run.py"
 COLUMNS = {
@@ -98,7 +100,7 @@ def children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_job(overrides: Sequence[str], work_dir: Path, nproc: int) -> tuple[float, float, dict[str, Any]]:
+def run_job(overrides: Sequence[str], work_dir: Path, nproc: int) -> tuple[float, float, RunResult]:
     """Run one job in its own process(es); returns its wall and CPU time in seconds and its results."""
     launcher = [sys.executable]
     if nproc > 1:
@@ -114,17 +116,18 @@ def run_job(overrides: Sequence[str], work_dir: Path, nproc: int) -> tuple[float
         raise SystemExit(f"{' '.join(command)} failed:\n{result.stdout[-4000:]}")
     wall, cpu = time.perf_counter() - started, children_cpu_seconds() - cpu
     written = set(work_dir.glob("*/results.json")) - before
-    results = [json.loads(p.read_text()) for p in written]
-    if len(results) != 1 or results[0]["status"] != "completed":
+    results = [read_results(p) for p in written]
+    if len(results) != 1 or results[0].status != "completed":
         raise SystemExit(f"{' '.join(command)}: expected one completed run in {work_dir}, found {len(results)}")
     return wall, cpu, results[0]
 
 
-def summarize(variant: str, wall: float, cpu: float, results: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    costs = [r["cost"] for r in results]
+def summarize(variant: str, wall: float, cpu: float, results: Sequence[RunResult]) -> dict[str, Any]:
+    """One table row: a variant's times and the mean (max for memory) of its runs' results.json figures."""
+    costs = [r.cost for r in results]
 
     def mean(key: str) -> float:
-        return statistics.fmean(c[key] for c in costs)
+        return statistics.fmean(getattr(c, key) for c in costs)
 
     return {
         "variant": variant,
@@ -133,10 +136,10 @@ def summarize(variant: str, wall: float, cpu: float, results: Sequence[dict[str,
         "cpu_s": cpu,
         "epoch_s": mean("epoch_time_s"),
         "images_per_s": mean("train_images_per_s"),
-        "eval_s": statistics.fmean(c["val_time_s"] + c["test_time_s"] for c in costs),
+        "eval_s": statistics.fmean(c.val_time_s + c.test_time_s for c in costs),
         "cache_s": mean("feature_cache_time_s"),
-        "peak_mb": max(c["peak_memory_mb"] for c in costs),
-        "val_miou": statistics.fmean(r["val"]["mIoU"] for r in results),
+        "peak_mb": max(c.peak_memory_mb for c in costs),
+        "val_miou": statistics.fmean(r.val["mIoU"] for r in results),
     }
 
 
@@ -223,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     for repeat in range(args.repeat):
         work_dirs = [root / f"repeat{repeat}_variant{number}" for number in range(len(args.variants))]
         walls, cpus = [0.0] * len(args.variants), [0.0] * len(args.variants)
-        results: list[list[dict[str, Any]]] = [[] for _ in args.variants]
+        results: list[list[RunResult]] = [[] for _ in args.variants]
         for job in jobs:
             for number, variant in enumerate(args.variants):
                 wall, cpu, result = run_job([*args.overrides, *variant.split(), *job], work_dirs[number], args.nproc)
@@ -231,8 +234,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                 cpus[number] += cpu
                 results[number].append(result)
                 job_records.append({
-                    "repeat": repeat, "variant": variant, "job": job, "decoder": result["config"]["decoder"],
-                    "wall_s": wall, "cpu_s": cpu, "epoch_s": result["cost"]["epoch_time_s"],
+                    "repeat": repeat, "variant": variant, "job": job, "decoder": result.config.decoder,
+                    "wall_s": wall, "cpu_s": cpu, "epoch_s": result.cost.epoch_time_s,
                 })
                 print(f"repeat {repeat + 1}, {variant}, {' '.join(job)}: {wall:.1f} s (CPU {cpu:.1f} s)", flush=True)
         rows = [

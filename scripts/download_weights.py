@@ -12,6 +12,7 @@ resume. Files already present are left alone. Exits non-zero if any file could n
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shutil
 import sys
@@ -21,7 +22,7 @@ from urllib.parse import unquote, urlparse
 from huggingface_hub import hf_hub_download
 from omegaconf import OmegaConf
 
-from benchmark.download import DownloadError, download_file
+from benchmark.download import DownloadError, download_file, file_lock
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "encoder"
 HF_HOSTS = ("huggingface.co", "hf.co")
@@ -92,16 +93,20 @@ def fetch(url: str, output: Path) -> Path:
             return download_file(url, output)
         except DownloadError as error:
             raise FetchError(f"{error}. Check the URL and your connection; rerun to resume.") from error
-    try:
-        cached = hf_hub_download(**location)
-    except Exception as error:  # hub, HTTP and file-system errors all mean "not fetched": report them
-        raise FetchError(
-            f"Hugging Face download of {location['filename']} from {location['repo_id']} failed: {error}"
-        ) from error
-    # Copy out of the hub cache (its files are links into a blob store) and appear only when complete.
-    partial = output.with_name(output.name + ".part")
-    shutil.copyfile(cached, partial)
-    os.replace(partial, output)
+    # One process copies a given output (download_file above locks the same way).
+    with file_lock(output):
+        if output.is_file():
+            return output
+        try:
+            cached = hf_hub_download(**location)
+        except Exception as error:  # hub, HTTP and file-system errors all mean "not fetched": report them
+            raise FetchError(
+                f"Hugging Face download of {location['filename']} from {location['repo_id']} failed: {error}"
+            ) from error
+        # Copy out of the hub cache (its files are links into a blob store) and appear only when complete.
+        partial = output.with_name(output.name + ".part")
+        shutil.copyfile(cached, partial)
+        os.replace(partial, output)
     return output
 
 
@@ -122,6 +127,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # e.g. "waiting for ... another process"
     failed = []
     for label in args.names or [args.url]:
         try:

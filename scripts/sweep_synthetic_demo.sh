@@ -23,7 +23,7 @@ if [ ! -f "$weights" ]; then
     "$PYTHON" "$REPO/benchmark/run.py" dataset=synthetic_burnscars encoder=ssl4eo_mae_optical decoder=seg_fcn \
         mode=random "${TINY[@]}" "dataset.root_path=$DIR/pretrain_data" dataset.generator_seed=1 \
         dataset.num_train=80 task.trainer.n_epochs=15 "run_dir=$DIR/pretrain" resume=true
-    "$PYTHON" -c 'import sys, torch; best = torch.load(sys.argv[1], weights_only=False)
+    "$PYTHON" -c 'import sys, torch; best = torch.load(sys.argv[1], weights_only=True)
 torch.save({"model": best["model"]["encoder"]}, sys.argv[2])' "$DIR/pretrain/checkpoints/best.pt" "$weights"
 fi
 export DATASET=synthetic_burnscars ENCODERS=ssl4eo_mae_optical SEEDS=0,1 WORK_DIR=$DIR/runs

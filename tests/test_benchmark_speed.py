@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+
+from benchmark.results import Cost, RunConfig, RunResult, completed_result
 from conftest import REPO
 
 spec = importlib.util.spec_from_file_location("benchmark_speed", REPO / "scripts" / "benchmark_speed.py")
@@ -10,12 +12,14 @@ benchmark_speed = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(benchmark_speed)
 
 
-def fake_results(epoch_s: float, images_per_s: float) -> dict:
-    cost = {
-        "epoch_time_s": epoch_s, "train_images_per_s": images_per_s, "val_time_s": 1.0, "test_time_s": 1.0,
-        "feature_cache_time_s": 0.5, "peak_memory_mb": 100.0,
-    }
-    return {"cost": cost, "val": {"mIoU": 0.5}}
+def fake_results(epoch_s: float, images_per_s: float) -> RunResult:
+    """A completed run's result as the schema builds it, with the figures the table reads."""
+    cost = Cost(
+        total_params=10, trainable_params=5, epoch_time_s=epoch_s, train_images_per_s=images_per_s, val_time_s=1.0,
+        test_time_s=1.0, feature_cache_time_s=0.5, peak_memory_mb=100.0,
+    )
+    config = RunConfig(dataset="synthetic_burnscars", encoder="dofa", decoder="seg_linear", mode="frozen", seed=0, train_crop_stride=1)
+    return completed_result("run", config, best_epoch=1, val={"mIoU": 0.5}, test={"mIoU": 0.4}, cost=cost, versions={})
 
 
 def test_table_reports_medians_and_speedups_against_the_first_variant() -> None:

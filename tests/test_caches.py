@@ -3,6 +3,7 @@ DDP fill) and the CUDA-only memory layout of the decoders, checked on CPU."""
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import logging
@@ -24,6 +25,7 @@ from benchmark.data.synthetic import SyntheticBurnScars
 from benchmark.data.windows import window_grid
 from benchmark.distributed import DistContext
 from benchmark.engine.evaluator import autocast_context, cached_window_logits, sliding_window_logits
+from benchmark.engine import feature_cache as feature_cache_module
 from benchmark.engine.feature_cache import FeatureCache, FeatureCacheError
 from benchmark.engine.trainer import resolve_precision
 from conftest import REPO, run_benchmark, tiny_overrides
@@ -82,8 +84,8 @@ def test_raster_cache_decodes_each_tile_once(synthetic_root: Path, tmp_path: Pat
 
 def compose_tiny(data_root: Path, work_dir: Path, *overrides: str) -> DictConfig:
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        cfg = compose("train", overrides=[*tiny_overrides(data_root, work_dir), *overrides])
-    cfg.train_crop_stride = builders.resolve_train_crop_stride(cfg, "frozen")
+        # the crop-grid opt-in (half the 32 px window), so that training windows can be cached too
+        cfg = compose("train", overrides=[*tiny_overrides(data_root, work_dir), "train_crop_stride=16", *overrides])
     return cfg
 
 
@@ -239,7 +241,7 @@ def test_frozen_run_with_the_cache_matches_the_run_without_and_reuses_it(synthet
     benchmark_speed = importlib.util.module_from_spec(script)
     script.loader.exec_module(benchmark_speed)
     common = [o for o in tiny_overrides(synthetic_root, tmp_path) if not o.startswith("work_dir=")]
-    common += ["mode=frozen", f"encoder.encoder_weights={weights}"]
+    common += ["mode=frozen", f"encoder.encoder_weights={weights}", "train_crop_stride=16"]
     variants = ["cache=false", "cache_dtype=float32"]
     rows = benchmark_speed.main(["--variants", *variants, "--output", str(tmp_path / "speed"), "--", *common])
     assert [r["variant"] for r in rows] == variants and rows[0]["cache_s"] == 0 < rows[1]["cache_s"]
@@ -261,22 +263,27 @@ def test_frozen_run_with_the_cache_matches_the_run_without_and_reuses_it(synthet
     manifests = {p: p.stat().st_mtime_ns for p in features.glob("*/manifest.json")}
     assert len(manifests) == 3
     # another decoder and another seed reuse the three splits without encoding anything
-    other, log = frozen_run(synthetic_root, work_dir, weights, "cache_dtype=float32", "decoder=seg_fcn", "seed=1")
+    other, log = frozen_run(
+        synthetic_root, work_dir, weights, "cache_dtype=float32", "train_crop_stride=16", "decoder=seg_fcn", "seed=1"
+    )
     assert other["status"] == "completed" and other["config"]["decoder"] == "seg_fcn"
     assert log.count("reusing") == 3 and " encoding " not in log
     assert {p: p.stat().st_mtime_ns for p in manifests} == manifests
     assert other["cost"]["feature_cache_time_s"] < cached["cost"]["feature_cache_time_s"]
 
-    # two processes (gloo) fill the same cache, each its shard of tiles: the content is identical
-    ddp, log = frozen_run(synthetic_root, tmp_path / "ddp", weights, "cache_dtype=float32", nproc=2)
+    # two processes (gloo) fill the same cache, each its shard of tiles: the same windows and targets, and
+    # features equal up to float rounding (the encoder may see other batch compositions on another CPU)
+    ddp, log = frozen_run(synthetic_root, tmp_path / "ddp", weights, "cache_dtype=float32", "train_crop_stride=16", nproc=2)
     assert ddp["config"]["world_size"] == 2 and log.count(" encoding ") == 3
     one = sorted(features.iterdir())
     two = sorted((tmp_path / "ddp" / "cache" / "features").iterdir())
     assert [d.name for d in one] == [d.name for d in two]
     for a, b in zip(one, two):
         assert json.loads((b / "manifest.json").read_text())["world_size"] == 2
-        for array in a.glob("*.npy"):
-            assert np.array_equal(np.load(array), np.load(b / array.name)), array
+        assert json.loads((a / "manifest.json").read_text())["layout"] == json.loads((b / "manifest.json").read_text())["layout"]
+        assert np.array_equal(np.load(a / "targets.npy"), np.load(b / "targets.npy"))
+        for array in a.glob("features_*.npy"):
+            np.testing.assert_allclose(np.load(array), np.load(b / array.name), rtol=1e-4, atol=1e-5, err_msg=str(array))
 
 
 def test_adamw_steps_with_its_fused_kernel_on_cpu(tiny) -> None:
@@ -289,9 +296,40 @@ def test_adamw_steps_with_its_fused_kernel_on_cpu(tiny) -> None:
     assert any(not torch.equal(b, p) for b, p in zip(before, model.decoder.parameters()))
 
 
+def test_adamw_without_a_fused_kernel_for_the_device_falls_back_to_the_default(tiny, monkeypatch) -> None:
+    """Older torch builds (< 2.4) have fused Adam/AdamW on CUDA only: the optimizer must still step on CPU."""
+    cfg, model = tiny
+    optimizer_module = importlib.import_module("torch.optim.optimizer")
+    monkeypatch.setattr(optimizer_module, "_get_fused_kernels_supported_devices", lambda: ["cuda"])
+    builders.fused_kernel_available.cache_clear()
+    try:
+        optimizer = builders.build_optimizer(cfg, model)
+        assert not optimizer.defaults.get("fused")
+        model.decoder(model.encoder({"optical": torch.randn(2, 13, 1, 32, 32)}), (32, 32)).mean().backward()
+        optimizer.step()
+    finally:
+        builders.fused_kernel_available.cache_clear()
+
+
 def test_bf16_precision_autocasts_on_cpu_and_auto_stays_fp32() -> None:
     a, b = torch.randn(4, 4), torch.randn(4, 4)
     with autocast_context(CPU.device, "bf16"):
         assert (a @ b).dtype == torch.bfloat16
     with autocast_context(CPU.device, resolve_precision("auto", CPU.device)):
         assert (a @ b).dtype == torch.float32
+
+
+@pytest.mark.parametrize("edited", ["benchmark.models.encoders.vit", "benchmark.data.preprocessing", "benchmark.data.hlsburnscars"])
+def test_feature_cache_is_not_reused_after_the_code_that_computes_features_changes(tiny, tmp_path: Path, monkeypatch, edited: str) -> None:
+    cfg, model = tiny
+    val = builders.build_dataset(cfg, "val", CPU)
+    key = builders.cache_key(cfg, "val")
+    first = feature_cache(model, tmp_path / "features").eval_tiles(val, "val", 32, 16, key).store.directory
+    assert feature_cache(model, tmp_path / "features").eval_tiles(val, "val", 32, 16, key).store.directory == first
+    real_source = feature_cache_module.module_source
+    monkeypatch.setattr(
+        feature_cache_module, "module_source",
+        lambda name: real_source(name) + (b"\n# edited\n" if name == edited else b""),
+    )
+    again = feature_cache(model, tmp_path / "features").eval_tiles(val, "val", 32, 16, key).store.directory
+    assert again != first, f"an edit of {edited} must not reuse features computed by the old code"

@@ -97,6 +97,19 @@ def test_scenes_pair_by_stem_and_split_is_deterministic(tmp_path: Path) -> None:
     assert (len(datasets["train"]), len(datasets["val"]), len(datasets["test"])) == (18, 2, 3)
 
 
+@pytest.mark.parametrize("n,seed", [(540, 23), (108, 23), (20, 0), (7, 5)])
+def test_train_val_split_is_pangaeas(n: int, seed: int) -> None:
+    """PANGAEA: train_test_split(arange(n), test_size=0.1, random_state=23) over image files sorted by name."""
+    from sklearn.model_selection import train_test_split
+
+    stems = [f"subsetted_512x512_HLS.S30.T{i:02d}SEH.2018{i:03d}.v1.4" for i in range(n)]
+    files = sorted(f"{stem}_merged.tif" for stem in stems)
+    train_idx, val_idx = train_test_split(list(range(n)), test_size=0.1, random_state=seed)
+    expected = tuple(sorted(files[i].removesuffix("_merged.tif") for i in idx) for idx in (train_idx, val_idx))
+    assert split_train_val(list(reversed(stems)), 0.1, seed) == expected
+    assert split_train_val(stems, 0.1, seed) == expected
+
+
 def test_image_without_mask_is_named(tmp_path: Path) -> None:
     root = generate_burn_scars(tmp_path / "d", 4, 2, 32, seed=0)
     mask = sorted((root / "validation").glob("*.mask.tif"))[0]

@@ -20,7 +20,8 @@ from benchmark.builders import check_train_batch
 from benchmark.distributed import DistContext
 from benchmark.engine.metrics import segmentation_metrics
 from benchmark.models.decoders.fcn import FCN
-from benchmark.models.decoders.muster import MUSTER, SkipAttentionBlock
+from benchmark.models.decoders.muster import MUSTER
+from benchmark.models.decoders.skip_attention import SkipAttentionBlock
 from benchmark.models.decoders.upernet import UPerNet
 from benchmark.models.encoders.ssl4eo import SSL4EOMAE
 from benchmark.models.segmentor import Segmentor
@@ -102,7 +103,9 @@ def test_end_to_end_with_a_tiny_ssl4eo_encoder(variant):
         {"optical": ["B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9", "B10", "B11", "B12"]},
         input_size=64, embed_dim=32, depth=4, num_heads=2, output_layers=[0, 1, 2, 3], pretrained=False,
     )
-    model = Segmentor(encoder, build_decoder(variant, encoder.output_dims, patch_size=16), "random").train()
+    overrides = {"drop_path_rate": 0.0} if variant == "muster" else {}  # see test_logits_shape_and_gradients
+    decoder = build_decoder(variant, encoder.output_dims, patch_size=16, **overrides)
+    model = Segmentor(encoder, decoder, "random").train()
     logits = model({"optical": torch.randn(2, 13, 1, 64, 96)}, (64, 96))
     assert logits.shape == (2, 3, 64, 96)
     F.cross_entropy(logits, torch.randint(0, 3, (2, 64, 96))).backward()
@@ -203,7 +206,9 @@ def test_muster_heads_are_clipped_to_divide_the_stage_widths():
     muster = MUSTER([24] * 4, 2, embed_dim=24)  # stage widths 24, 12, 6, 3
     assert [stage.blocks[0].attn.num_heads for stage in muster.stages] == [24, 12, 6, 3]
     with pytest.raises(ValueError, match="divisible by 8"):
-        MUSTER([20] * 4, 2)
+        MUSTER([20] * 4, 2, embed_dim=20)
+    with pytest.raises(ValueError, match="divisible by 8"):
+        MUSTER([18] * 4, 2)  # the default embed_dim is twice the encoder width: 36
 
 
 def test_fcn_pixel_shuffle_needs_the_patch_size():

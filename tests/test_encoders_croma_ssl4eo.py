@@ -196,12 +196,21 @@ def test_ssl4eo_full_size(name: str) -> None:
     assert [tuple(o.shape) for o in outputs] == [(1, 384, 14, 14)] * 4
 
 
+@pytest.mark.parametrize("name", CROMA)
+def test_croma_default_output_layers_are_pangaeas(name: str) -> None:
+    # sig-gis/pangaea-bench configs/encoder/croma_{optical,sar,joint}.yaml: all large, all [3, 5, 7, 11].
+    cfg = OmegaConf.load(CONFIG_DIR / f"{name}.yaml")
+    assert (cfg.size, list(cfg.output_layers)) == ("large", [3, 5, 7, 11])
+
+
 def test_croma_large_optical_full_size() -> None:
-    model = build("croma_optical")
-    assert len(model.s2_encoder.transformer.layers) == 24
+    model = build("croma_optical")  # PANGAEA's layers: only the first 12 of 24 layers are needed
+    assert len(model.s2_encoder.transformer.layers) == 12
     with torch.no_grad():
         outputs = model(sample_input(model, 120, batch=1))
     assert [tuple(o.shape) for o in outputs] == [(1, 1024, 15, 15)] * 4
+    spread = build("croma_optical", output_layers=[7, 11, 15, 23])  # the documented option
+    assert len(spread.s2_encoder.transformer.layers) == 24
 
 
 @pytest.mark.parametrize("name", ["croma_sar", "croma_joint"])

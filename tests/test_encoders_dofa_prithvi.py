@@ -108,6 +108,25 @@ def test_prithvi_multi_temporal_input(tmp_path: Path) -> None:
         loaded({"optical": torch.randn(1, 6, 1, 224, 224)})
 
 
+@pytest.mark.parametrize(
+    "name, eps",
+    [
+        # Prithvi-EO-1.0: plain nn.LayerNorm in the release code (NASA-IMPACT/hls-foundation-os
+        # hls-gfm/models_mae.py) and in PANGAEA's prithvi_encoder.py.
+        ("prithvi", 1e-5),
+        # Prithvi-EO-2.0: IBM's prithvi_mae.py released with the weights builds PrithviViT with
+        # partial(torch.nn.LayerNorm, eps=1e-6) (TerraTorch PR #275 and the Hugging Face model repos).
+        ("prithvi_eo_v2_300", 1e-6),
+        ("prithvi_eo_v2_600", 1e-6),
+    ],
+)
+def test_prithvi_layer_norm_eps_follows_the_release_code(name: str, eps: float) -> None:
+    encoder = build(name, pretrained=False, **TINY)
+    norms = [m for m in encoder.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert len(norms) == 2 * TINY["depth"]  # norm1 and norm2 of every block; no final norm is built
+    assert {m.eps for m in norms} == {eps}
+
+
 def test_frames_fold_into_channels_frame_by_frame() -> None:
     batch, frames, (h, w), dim = 2, 3, (2, 4), 5
     tokens = torch.randn(batch, frames * h * w, dim)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -9,7 +11,8 @@ from torch.utils.data import DataLoader
 
 from benchmark.data.loaders import EpochShuffleSampler, ShardSampler
 from benchmark.distributed import DistContext
-from benchmark.engine.evaluator import Evaluator, sliding_window_logits, window_starts
+from benchmark.data.windows import window_starts
+from benchmark.engine.evaluator import Evaluator, sliding_window_logits
 
 CPU = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 
@@ -26,6 +29,16 @@ class PixelwiseModel(nn.Module):
         x = image["optical"][:, :, 0]
         self.calls.append(tuple(x.shape))
         return self.conv(x)
+
+
+@pytest.mark.parametrize("length,window", [(512, 224), (512, 120), (512, 96), (64, 32), (500, 224), (100, 99), (7, 3)])
+def test_default_evaluation_grid_places_windows_as_pangaea(length: int, window: int) -> None:
+    """stride=None: ceil(length / window) windows at round(linspace(0, length - window)), PANGAEA's
+    sliding inference (pangaea/engine/evaluator.py, ``Evaluator.sliding_inference`` with stride None)."""
+    count = math.ceil(length / window)
+    expected = torch.linspace(0, length - window, count).round().long().tolist()
+    assert window_starts(length, window, None) == expected
+    assert window_starts(512, 224, None) == [0, 144, 288]
 
 
 def test_window_starts_cover_the_tile_and_end_at_the_edge() -> None:

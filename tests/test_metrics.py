@@ -51,3 +51,21 @@ def test_updates_accumulate_over_batches() -> None:
     metric.update(torch.tensor([[0, 1]]), torch.tensor([[0, 0]]))
     metric.update(torch.tensor([[1, 1]]), torch.tensor([[1, -1]]))
     assert metric.compute().tolist() == [[1, 1], [0, 1]]
+
+
+def test_class_never_predicted_counts_as_zero_in_the_means() -> None:
+    # A model that never predicts burn: burn precision and F1 are 0, not NaN dropped from the means.
+    m = segmentation_metrics(torch.tensor([[90, 0], [10, 0]]), ["not burned", "burn"])
+    assert m["Precision"]["burn"] == 0.0 and m["F1"]["burn"] == 0.0 and m["IoU"]["burn"] == 0.0
+    assert m["Precision"]["not burned"] == pytest.approx(0.9)
+    assert m["mPrecision"] == pytest.approx(0.45)
+    assert m["F1"]["not burned"] == pytest.approx(180 / 190)
+    assert m["mF1"] == pytest.approx(0.5 * 180 / 190)  # 0.474
+    assert m["mRecall"] == pytest.approx(0.5) and m["mAcc"] == pytest.approx(0.5)
+
+
+def test_class_predicted_but_absent_from_the_target_has_recall_zero() -> None:
+    m = segmentation_metrics(torch.tensor([[6, 4], [0, 0]]), ["a", "b"])
+    assert m["Recall"]["b"] == 0.0 and m["Precision"]["b"] == 0.0 and m["F1"]["b"] == 0.0
+    assert m["mRecall"] == pytest.approx((0.6 + 0.0) / 2)
+    assert m["F1"]["a"] == pytest.approx(12 / 16)

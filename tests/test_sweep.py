@@ -17,8 +17,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from matplotlib.image import imread
+from omegaconf import OmegaConf
 
 from benchmark.report import write_report
+from benchmark.results import Cost, ResultsError, RunConfig, RunResult, completed_result, failed_result, read_results, write_results
+from benchmark.sweep import completed_run
 from conftest import REPO, run_benchmark, tiny_overrides
 from release_layouts import write_release_file
 
@@ -30,9 +33,9 @@ def compose_sweep(overrides: list[str], config_name: str = "train") -> Any:
         return compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
 
 
-def results_of(work_dir: Path) -> dict[str, dict[str, Any]]:
-    """``{run folder name: results.json}`` of the run folders in ``work_dir``."""
-    return {p.parent.name: json.loads(p.read_text()) for p in work_dir.glob("*/results.json")}
+def results_of(work_dir: Path) -> dict[str, RunResult]:
+    """``{run folder name: results.json}`` of the run folders in ``work_dir``, read through the schema."""
+    return {p.parent.name: read_results(p) for p in work_dir.glob("*/results.json")}
 
 
 def stamps(work_dir: Path) -> dict[str, int]:
@@ -61,8 +64,8 @@ def work_dir(sweep_args: list[str]) -> Path:
 @pytest.mark.slow
 def test_multirun_makes_one_run_folder_per_job_and_nothing_else(work_dir: Path) -> None:
     results = results_of(work_dir)
-    assert len(results) == 8 and all(r["status"] == "completed" for r in results.values())
-    jobs = {(r["config"]["mode"], r["config"]["decoder"], r["config"]["seed"]) for r in results.values()}
+    assert len(results) == 8 and all(r.status == "completed" for r in results.values())
+    jobs = {(r.config.mode, r.config.decoder, r.config.seed) for r in results.values()}
     assert jobs == {(m, d, s) for m in ("frozen", "random") for d in ("seg_fcn", "seg_upernet") for s in (0, 1)}
     others = {p.name for p in work_dir.iterdir()} - set(results)
     assert others <= {"multirun", "cache"}, others  # cache: frozen-encoder features shared by the runs
@@ -79,7 +82,7 @@ def test_rerunning_the_sweep_skips_finished_jobs(work_dir: Path, sweep_args: lis
 
 @pytest.mark.slow
 def test_report_of_the_sweep_has_four_groups_of_two_seeds_with_the_runs_numbers(work_dir: Path, tmp_path: Path) -> None:
-    results = {r["run_dir"]: r for r in results_of(work_dir).values()}
+    results = {r.run_dir: r for r in results_of(work_dir).values()}
     written = write_report([work_dir], tmp_path)
     markdown = (tmp_path / "leaderboard.md").read_text()
     groups = [line for line in markdown.splitlines() if line.startswith("| ssl4eo_mae_optical |")]
@@ -88,9 +91,10 @@ def test_report_of_the_sweep_has_four_groups_of_two_seeds_with_the_runs_numbers(
         rows = {row["run_dir"]: row for row in csv.DictReader(handle)}
     for run_dir, run in results.items():
         row = rows[str(Path(run_dir).resolve())]
-        assert float(row["test_mIoU"]) == run["test"]["mIoU"] and float(row["val_mIoU"]) == run["val"]["mIoU"]
-        assert float(row["test_IoU_Burn scar"]) == run["test"]["IoU"]["Burn scar"]
-        assert float(row["train_time_s"]) == run["cost"]["train_time_s"] and int(row["trainable_params"]) == run["cost"]["trainable_params"]
+        assert float(row["test_mIoU"]) == run.test["mIoU"] and float(row["val_mIoU"]) == run.val["mIoU"]
+        assert float(row["test_IoU_Burn scar"]) == run.test["IoU"]["Burn scar"]
+        assert float(row["train_time_s"]) == run.cost.train_time_s and int(row["trainable_params"]) == run.cost.trainable_params
+        assert row["train_crop_stride"] == "1" and row["optimizer"] == "adamw"
     for png in (p for p in written if p.suffix == ".png"):
         assert imread(png).shape[0] > 200
 
@@ -108,8 +112,8 @@ def test_driver_runs_new_jobs_under_torchrun_and_skips_finished_ones(work_dir: P
     after = stamps(work_dir)
     assert {k: v for k, v in after.items() if k in before} == before
     new = [results_of(work_dir)[name] for name in set(after) - set(before)]
-    assert len(new) == 1 and new[0]["status"] == "completed"
-    assert (new[0]["config"]["seed"], new[0]["config"]["world_size"]) == (2, 2)
+    assert len(new) == 1 and new[0].status == "completed"
+    assert (new[0].config.seed, new[0].config.world_size) == (2, 2)
 
 
 def test_experiments_sweep_modes_and_the_five_decoders() -> None:
@@ -127,3 +131,19 @@ def test_launcher_configs_compose() -> None:
     assert slurm._target_.endswith("SlurmLauncher") and (slurm.tasks_per_node, slurm.gpus_per_node) == (1, 4)
     local = compose_sweep(["hydra/launcher=local_parallel"], config_name="sweep").hydra.launcher
     assert local._target_.endswith("JoblibLauncher") and local.n_jobs == 2
+
+
+def test_driver_skips_a_job_only_when_its_results_json_reads_as_completed(tmp_path: Path) -> None:
+    """``benchmark.sweep.completed_run`` reads the job's results.json through the schema."""
+    cfg = OmegaConf.create({"run_dir": str(tmp_path), "work_dir": str(tmp_path.parent), "mode": "frozen", "finetune": None, "seed": 0})
+    assert completed_run(cfg) is None, "no results.json: run it"
+    write_results(tmp_path, failed_result(tmp_path, RuntimeError("out of memory"), {}))
+    assert completed_run(cfg) is None, "failed: run it again"
+    config = RunConfig(dataset="synthetic_burnscars", encoder="dofa", decoder="seg_fcn", mode="frozen", seed=0, train_crop_stride=1)
+    done = completed_result(tmp_path, config, best_epoch=1, val={"mIoU": 0.5}, test={"mIoU": 0.4},
+                            cost=Cost(total_params=2, trainable_params=1), versions={})
+    write_results(tmp_path, done)
+    assert completed_run(cfg) == tmp_path
+    (tmp_path / "results.json").write_text(json.dumps({**done.to_dict(), "best_epoch": "one"}))
+    with pytest.raises(ResultsError, match=f"{tmp_path / 'results.json'} .*best_epoch"):
+        completed_run(cfg)

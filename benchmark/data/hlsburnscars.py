@@ -7,11 +7,13 @@ Layout under ``root_path``::
     validation/...
 
 Splits follow PANGAEA: train/val = ``training/`` split 90/10 with a fixed seed, test = ``validation/``.
+Every file of a split is checked when the dataset is built (:mod:`benchmark.data.validation`).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import tarfile
 import tempfile
 from pathlib import Path
@@ -20,26 +22,25 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import rasterio
 import torch
+from rasterio.errors import RasterioError
 from torch.utils.data import Dataset
 
 from benchmark.data.bands import canonical_band_dict
 from benchmark.data.raster_cache import RasterCache
-from benchmark.download import DownloadError, download_file
+from benchmark.data.validation import (
+    IMAGE_NODATA, DatasetFilesError, SplitSpec, check_split, read_image_array, read_mask_array,
+)
+from benchmark.download import DownloadError, download_file, file_lock
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIX = "_merged.tif"
 MASK_SUFFIX = ".mask.tif"
-IMAGE_NODATA = -9999.0
 SPLIT_FOLDERS = {"train": "training", "val": "training", "test": "validation"}
 
 
-class DatasetFilesError(FileNotFoundError):
-    """The dataset folder is missing, incomplete or inconsistent."""
-
-
 def pair_scenes(folder: Path) -> list[tuple[str, Path, Path]]:
-    """``(stem, image, mask)`` for every scene in ``folder``, paired by scene stem.
+    """``(stem, image, mask)`` for every scene in ``folder``, paired by scene stem (empty when there is none).
 
     Raises :class:`DatasetFilesError` naming any image without its mask or mask without its image.
     """
@@ -56,29 +57,35 @@ def pair_scenes(folder: Path) -> list[tuple[str, Path, Path]]:
             + ". Every scene needs both <stem>_merged.tif and <stem>.mask.tif: restore the missing "
             "files or remove the unpaired ones."
         )
-    if not images:
-        raise DatasetFilesError(f"{folder} holds no *{IMAGE_SUFFIX} files")
     return [(stem, images[stem], masks[stem]) for stem in sorted(images)]
 
 
 def split_train_val(stems: Sequence[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """Deterministic train/val split of sorted ``stems`` (independent of file-system order)."""
-    stems = sorted(stems)
-    order = np.random.RandomState(seed).permutation(len(stems))
-    n_val = max(1, int(round(len(stems) * val_fraction)))
-    val = sorted(stems[i] for i in order[:n_val])
-    train = sorted(stems[i] for i in order[n_val:])
+    """PANGAEA's train/val split of the scenes of ``training/``, independent of file-system order.
+
+    PANGAEA lists the images sorted by file name and calls scikit-learn's
+    ``train_test_split(arange(n), test_size=val_fraction, random_state=seed)`` (seed 23): the first
+    ``ceil(val_fraction * n)`` entries of ``RandomState(seed).permutation(n)`` are validation, the rest
+    training. Computed here without scikit-learn; the tests compare the two.
+    """
+    ordered = sorted(stems, key=lambda stem: stem + IMAGE_SUFFIX)
+    order = np.random.RandomState(seed).permutation(len(ordered))
+    n_val = math.ceil(val_fraction * len(ordered))
+    val = sorted(ordered[i] for i in order[:n_val])
+    train = sorted(ordered[i] for i in order[n_val:])
     return train, val
 
 
 def read_image(path: Path) -> np.ndarray:
+    """All bands as float32 ``(C, H, W)`` (the same decode as the start-up check, so they share cache entries)."""
     with rasterio.open(path) as src:
-        return src.read().astype(np.float32, copy=False)
+        return read_image_array(src)
 
 
 def read_mask(path: Path) -> np.ndarray:
+    """Band 1 ``(H, W)``, int16 for HLS."""
     with rasterio.open(path) as src:
-        return src.read(1)
+        return read_mask_array(src)
 
 
 def extract_archive(archive: Path, root: Path) -> None:
@@ -103,8 +110,13 @@ class HLSBurnScars(Dataset):
     """HLS Burn Scars segmentation dataset.
 
     Each sample is ``{"image": {"optical": float32 (6, 1, H, W)}, "target": int64 (H, W),
-    "meta": {"stem": str, "index": int}}``. Image nodata (-9999) is replaced by the band mean and the
-    pixel is marked ignored in the target.
+    "meta": {"stem": str, "index": int}}``. Image nodata (-9999, and NaN/inf) is replaced by the band mean
+    and the pixel is marked ignored in the target.
+
+    Building the dataset checks every file of the split (readable, bands, dtypes, sizes, mask values,
+    at least one labelled pixel; warnings for NaN/inf pixels and for values in other units than
+    ``data_mean``) and raises one :class:`DatasetFilesError` listing every problem; see
+    :mod:`benchmark.data.validation`.
 
     Args:
         root_path: folder holding ``training/`` and ``validation/``.
@@ -116,7 +128,8 @@ class HLSBurnScars(Dataset):
         download_url: archive fetched when ``root_path`` is missing and ``auto_download`` is set.
         val_fraction, split_seed: the train/val split of ``training/``.
         cache_dir: folder where decoded scenes are kept (:class:`~benchmark.data.raster_cache.RasterCache`),
-            so that each GeoTIFF is decoded once; None decodes them on every read.
+            so that each GeoTIFF is decoded once, and where the start-up check remembers what it learnt of
+            each file (``checks/``); None decodes them on every read and checks every file at every build.
         Other keys of the PANGAEA config (``dataset_name``, ``img_size``, ``multi_temporal``,
         ``multi_modal``, ``distribution``) are accepted and kept as attributes.
     """
@@ -134,7 +147,7 @@ class HLSBurnScars(Dataset):
         download_url: str | None = None,
         auto_download: bool = True,
         val_fraction: float = 0.1,
-        split_seed: int = 0,
+        split_seed: int = 23,
         dataset_name: str = "HLSBurnScars",
         img_size: int = 512,
         multi_temporal: bool | int = False,
@@ -159,15 +172,42 @@ class HLSBurnScars(Dataset):
         self.distribution = list(distribution) if distribution is not None else None
         self.download_url = download_url
         self.raster_cache = RasterCache(cache_dir) if cache_dir else None
-        if len(self.classes) != self.num_classes:
-            raise ValueError(f"{len(self.classes)} class names for num_classes={self.num_classes}")
+        self.check_config()
         self.ensure_files(auto_download)
-        scenes = pair_scenes(self.root_path / SPLIT_FOLDERS[split])
+        folder = self.root_path / SPLIT_FOLDERS[split]
+        scenes = pair_scenes(folder)
+        in_folder = len(scenes)
         if split != "test":
             train, val = split_train_val([s for s, _, _ in scenes], val_fraction, split_seed)
             keep = set(train if split == "train" else val)
             scenes = [scene for scene in scenes if scene[0] in keep]
         self.scenes = scenes
+        if not scenes:
+            raise DatasetFilesError(self.empty_split_message(folder, in_folder, val_fraction))
+        spec = SplitSpec(split, folder, len(self.bands["optical"]), self.ignore_index, self.num_classes,
+                         self.data_mean["optical"], self.data_std["optical"])
+        check_split(scenes, spec, cache_dir, self.raster_cache)
+
+    def check_config(self) -> None:
+        """Class names and per-band statistics agree with ``num_classes`` and ``bands``."""
+        if len(self.classes) != self.num_classes:
+            raise ValueError(f"{len(self.classes)} class names for num_classes={self.num_classes}")
+        n_bands = len(self.bands["optical"])
+        for name, stats in (("data_mean", self.data_mean), ("data_std", self.data_std)):
+            if len(stats.get("optical", [])) != n_bands:
+                raise ValueError(f"dataset.{name}.optical has {len(stats.get('optical', []))} values for the "
+                                 f"{n_bands} bands of dataset.bands.optical: give one per band, in the same order")
+
+    def empty_split_message(self, folder: Path, in_folder: int, val_fraction: float) -> str:
+        """Why the split has no scene, and what to do."""
+        if in_folder:  # training/ has scenes, but too few to leave one for training
+            return (f"The {self.split} split is empty: {folder} holds {in_folder} scene(s) and "
+                    f"dataset.val_fraction={val_fraction} leaves none for {self.split}: add scenes to {folder}")
+        others = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+        seen = f" (it holds {len(others)} other file(s), e.g. {others[0]})" if others else ""
+        return (f"The {self.split} split is empty: {folder} holds no scene{seen}. A scene is a pair "
+                f"<stem>{IMAGE_SUFFIX} + <stem>{MASK_SUFFIX}: put the {folder.name}/ scenes there, or point "
+                "dataset.root_path at the folder that holds training/ and validation/ with their files")
 
     def folders_present(self) -> bool:
         return all((self.root_path / name).is_dir() for name in ("training", "validation"))
@@ -182,17 +222,20 @@ class HLSBurnScars(Dataset):
         )
         if not auto_download or not self.download_url:
             raise DatasetFilesError(f"HLS Burn Scars not found under {self.root_path}. {where}")
-        archive = self.root_path.parent / Path(self.download_url.split("?")[0]).name
-        log.info("HLS Burn Scars not found in %s: downloading %s", self.root_path, self.download_url)
-        try:
-            download_file(self.download_url, archive)
-        except DownloadError as error:
-            raise DatasetFilesError(
-                f"HLS Burn Scars not found under {self.root_path} and the download failed ({error}). "
-                f"Download {self.download_url} on a machine with internet access and extract it. {where}"
-            ) from error
-        extract_archive(archive, self.root_path)
-        archive.unlink()
+        with file_lock(self.root_path):  # one process (of every job sharing the folder) fetches and extracts
+            if self.folders_present():
+                return
+            archive = self.root_path.parent / Path(self.download_url.split("?")[0]).name
+            log.info("HLS Burn Scars not found in %s: downloading %s", self.root_path, self.download_url)
+            try:
+                download_file(self.download_url, archive)
+            except DownloadError as error:
+                raise DatasetFilesError(
+                    f"HLS Burn Scars not found under {self.root_path} and the download failed ({error}). "
+                    f"Download {self.download_url} on a machine with internet access and extract it. {where}"
+                ) from error
+            extract_archive(archive, self.root_path)
+            archive.unlink()
 
     def __len__(self) -> int:
         return len(self.scenes)
@@ -204,10 +247,12 @@ class HLSBurnScars(Dataset):
     def read_scene(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Raw ``(image float32 (C, H, W), mask int16 (H, W))`` of one scene from its GeoTIFFs."""
         stem, image_path, mask_path = self.scenes[index]
-        if self.raster_cache is None:
-            image, mask = read_image(image_path), read_mask(mask_path)
-        else:
-            image, mask = self.raster_cache.load(image_path, read_image), self.raster_cache.load(mask_path, read_mask)
+        load = (lambda path, read: read(path)) if self.raster_cache is None else self.raster_cache.load
+        try:
+            image, mask = load(image_path, read_image), load(mask_path, read_mask)
+        except RasterioError as error:  # the file changed after the start-up check
+            raise DatasetFilesError(f"scene {stem} of {self.root_path} cannot be read ({error}): re-download it "
+                                    "or remove both of its files") from error
         n_bands = len(self.bands["optical"])
         if image.shape[0] != n_bands:
             raise DatasetFilesError(f"{image_path} has {image.shape[0]} bands; the config lists {n_bands}")
@@ -218,7 +263,7 @@ class HLSBurnScars(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         image, mask = self.read_scene(index)
         target = mask.astype(np.int64)
-        nodata = image == IMAGE_NODATA
+        nodata = (image == IMAGE_NODATA) | ~np.isfinite(image)  # NaN/inf too: never passed on to the encoder
         if nodata.any():
             means = np.asarray(self.data_mean["optical"], dtype=np.float32)[:, None, None]
             image = np.where(nodata, means, image)

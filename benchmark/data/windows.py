@@ -7,20 +7,30 @@ windows in this order, so crops, cached features and sliding-window inference ag
 
 from __future__ import annotations
 
+import math
 
-def window_starts(length: int, window: int, stride: int) -> list[int]:
-    """Start offsets of windows of size ``window`` covering ``[0, length)``; the last one ends at the edge."""
-    if stride < 1 or stride > window:
+
+def window_starts(length: int, window: int, stride: int | None) -> list[int]:
+    """Start offsets of windows of size ``window`` covering ``[0, length)``; the last one ends at the edge.
+
+    ``stride`` is the step between starts (the last start is moved to the edge); None means the fewest
+    windows that cover the length, spread evenly and rounded to whole pixels, as PANGAEA's sliding-window
+    inference places them (a 512 px side with a 224 px window: 0, 144, 288).
+    """
+    if stride is not None and not 1 <= stride <= window:
         raise ValueError(f"stride must be in [1, window={window}], got {stride}")
     if length <= window:
         return [0]
+    if stride is None:
+        count = math.ceil(length / window)
+        return [round(i * (length - window) / (count - 1)) for i in range(count)]
     starts = list(range(0, length - window + 1, stride))
     if starts[-1] != length - window:
         starts.append(length - window)
     return starts
 
 
-def window_grid(height: int, width: int, window: int, stride: int) -> list[tuple[int, int]]:
+def window_grid(height: int, width: int, window: int, stride: int | None) -> list[tuple[int, int]]:
     """``(top, left)`` of every window of the grid over a ``height`` x ``width`` tile, row-major."""
     lefts = window_starts(width, window, stride)
     return [(top, left) for top in window_starts(height, window, stride) for left in lefts]

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from benchmark.data.windows import window_grid, window_starts  # noqa: F401  (window_starts: public here too)
+from benchmark.data.windows import window_grid
 from benchmark.distributed import DistContext, all_reduce_sum
 from benchmark.engine.metrics import confusion_matrix_metric, segmentation_metrics
 
@@ -69,7 +69,7 @@ def sliding_window_logits(
     model: Model,
     image: dict[str, torch.Tensor],
     window: int,
-    stride: int,
+    stride: int | None,
     num_classes: int,
     batch_size: int = 8,
 ) -> torch.Tensor:
@@ -97,7 +97,7 @@ def cached_window_logits(
     features: Sequence[torch.Tensor],
     tile_size: tuple[int, int],
     window: int,
-    stride: int,
+    stride: int | None,
     num_classes: int,
     batch_size: int = 8,
 ) -> torch.Tensor:
@@ -128,7 +128,7 @@ class Evaluator:
         loader: full tiles of the split, sharded with :class:`~benchmark.data.loaders.ShardSampler`.
         num_classes, ignore_index, class_names: label description.
         window: side of the inference window (the encoder input size).
-        stride: step between windows (``<= window``; overlaps are averaged).
+        stride: step between windows (``<= window``; overlaps are averaged); None: PANGAEA's evenly spread grid.
         inference_batch: windows per forward pass.
         precision: ``fp32`` or ``bf16`` (CUDA only).
     """
@@ -140,7 +140,7 @@ class Evaluator:
         ignore_index: int,
         class_names: Sequence[str],
         window: int,
-        stride: int,
+        stride: int | None,
         ctx: DistContext,
         inference_batch: int = 8,
         precision: str = "fp32",

@@ -15,9 +15,10 @@ One folder per split, ``<root>/<Encoder>-<split>-<key hash>/``::
     targets.npy        int16 targets: one per window (train) or per tile (val/test)
     manifest.json      key, layout, size and digest of each file; written last: the completion marker
 
-The key, whose sha256 names the folder, holds the encoder config, the sha256 of the weights file, the
-dataset config with a fingerprint (name, size, mtime) of the split's files, the split's preprocessing,
-the window grid, the device type and precision, the storage dtype and :data:`CACHE_VERSION`. A folder
+The key, whose sha256 names the folder, holds a fingerprint of the source code that computes the
+features (:func:`code_fingerprint`), the encoder config, the sha256 of the weights file, the dataset
+config with a fingerprint (name, size, mtime) of the split's files, the split's preprocessing, the
+window grid, the device type and precision, the storage dtype and :data:`CACHE_VERSION`. A folder
 without manifest, with another key, or whose files differ from their recorded size and digest is
 rebuilt. Old folders are never read again; delete them to reclaim the space.
 
@@ -30,10 +31,12 @@ machine or a shared file system).
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -102,6 +105,37 @@ def files_fingerprint(paths: Sequence[Path]) -> str:
     return hashlib.sha256(json.dumps(entries).encode()).hexdigest()
 
 
+def module_source(name: str) -> bytes:
+    """The source file of module ``name``, as bytes."""
+    return Path(inspect.getfile(sys.modules[name])).read_bytes()
+
+
+def code_fingerprint(*parts: Any) -> str:
+    """sha256 of the source of every ``benchmark`` module that shapes the cached features: those of the
+    classes of ``parts`` and of their sub-modules (encoder blocks) and base classes, this module, the window
+    grid, and every ``benchmark`` module these import from.
+
+    Editing the encoder, a preprocessing step or the dataset reader changes the key, so features computed
+    by older code are never reused.
+    """
+    names = {__name__, window_grid.__module__}
+    for part in parts:
+        objects = list(part.modules()) if isinstance(part, nn.Module) else [part]
+        for obj in objects:
+            names.update(cls.__module__ for cls in type(obj).__mro__ if cls.__module__.startswith("benchmark."))
+    pending = list(names)
+    while pending:  # and the benchmark modules they take functions, classes or constants from
+        for value in vars(sys.modules[pending.pop()]).values():
+            name = value.__name__ if inspect.ismodule(value) else getattr(value, "__module__", None)
+            if isinstance(name, str) and name.startswith("benchmark.") and name not in names:
+                names.add(name)
+                pending.append(name)
+    digest = hashlib.sha256()
+    for name in sorted(names):
+        digest.update(name.encode() + b"\0" + module_source(name))
+    return digest.hexdigest()
+
+
 def main_then_share(ctx: DistContext, fn: Callable[[], Any]) -> Any:
     """``fn()`` on rank 0, its result on every rank; an error on rank 0 is raised on every rank."""
     outcome, error = None, None
@@ -138,6 +172,10 @@ class TrainGrid:
         self.crop = crop
         self.after = list(after)
 
+    def steps(self) -> list[Any]:
+        """The preprocessing steps this grid applies to each window."""
+        return [self.crop, *self.after]
+
     def key(self) -> dict[str, Any]:
         crop = self.crop
         return {"kind": "train crop grid", "size": crop.size, "stride": crop.stride, "ignore_index": crop.ignore_index}
@@ -156,9 +194,12 @@ class EvalGrid:
     """Evaluation windows: the sliding-window grid over a full tile, padded like the evaluator pads it;
     one target per tile."""
 
-    def __init__(self, window: int, stride: int) -> None:
+    def __init__(self, window: int, stride: int | None) -> None:
         self.window = window
         self.stride = stride
+
+    def steps(self) -> list[Any]:
+        return []
 
     def key(self) -> dict[str, Any]:
         return {"kind": "sliding window", "window": self.window, "stride": self.stride}
@@ -325,6 +366,7 @@ class FeatureCache:
         key = json.loads(json.dumps(
             {
                 "version": CACHE_VERSION,
+                "code": code_fingerprint(self.encoder, tiles.dataset, *tiles.steps, *grid.steps()),
                 "encoder": self.encoder_key,
                 "split": split,
                 "data_files": files_fingerprint(tiles.dataset.source_files()),

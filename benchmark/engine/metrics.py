@@ -22,17 +22,15 @@ def confusion_matrix_metric(num_classes: int, ignore_index: int, device: torch.d
     ).to(device)
 
 
-def _ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
-    """Element-wise ratio, NaN where the denominator is 0 (a class absent from both maps)."""
-    return torch.where(denominator > 0, numerator / denominator.clamp(min=1), torch.full_like(numerator, float("nan")))
-
-
 def segmentation_metrics(confusion: torch.Tensor, class_names: Sequence[str]) -> dict[str, object]:
     """mIoU and friends from a (K, K) confusion matrix of pixel counts.
 
     Per class: IoU = TP / (TP + FP + FN), precision = TP / (TP + FP), recall = TP / (TP + FN),
-    F1 = 2PR / (P + R). Macro means skip classes whose value is undefined (NaN). ``oAcc`` is the
-    share of correct pixels; ``mAcc`` the mean per-class recall. All values are fractions in [0, 1].
+    F1 = 2TP / (2TP + FP + FN). A class that occurs in the target or the prediction has every value
+    defined: a ratio with an empty denominator counts as 0 (a class present but never predicted has
+    precision 0 and F1 0; a class predicted but absent from the target has recall 0). Only a class absent
+    from both is undefined (NaN) and left out of the macro means. ``oAcc`` is the share of correct pixels;
+    ``mAcc`` the mean per-class recall. All values are fractions in [0, 1].
     """
     cm = confusion.detach().to(torch.float64).cpu()
     tp = cm.diag()
@@ -40,14 +38,19 @@ def segmentation_metrics(confusion: torch.Tensor, class_names: Sequence[str]) ->
     predicted = cm.sum(dim=0)
     fp = predicted - tp
     fn = support - tp
-    iou = _ratio(tp, tp + fp + fn)
-    precision = _ratio(tp, tp + fp)
-    recall = _ratio(tp, tp + fn)
-    f1 = _ratio(2 * precision * recall, precision + recall)
-    f1 = torch.where(torch.isnan(precision) | torch.isnan(recall), torch.full_like(f1, float("nan")), f1)
+    seen = (support + predicted) > 0
+
+    def ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+        value = numerator / denominator.clamp(min=1)  # 0 where the denominator is 0
+        return torch.where(seen, value, torch.full_like(value, float("nan")))
+
+    iou = ratio(tp, tp + fp + fn)
+    precision = ratio(tp, tp + fp)
+    recall = ratio(tp, tp + fn)
+    f1 = ratio(2 * tp, 2 * tp + fp + fn)
 
     def mean(values: torch.Tensor) -> float:
-        return float(values.nanmean()) if not torch.isnan(values).all() else float("nan")
+        return float(values[seen].mean()) if seen.any() else float("nan")
 
     def per_class(values: torch.Tensor) -> dict[str, float]:
         return {name: float(v) for name, v in zip(class_names, values)}

@@ -7,7 +7,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -15,12 +15,18 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from benchmark.distributed import DistContext, all_reduce_max
-from benchmark.engine.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from benchmark.distributed import DistContext, all_gather_object, all_reduce_max
+from benchmark.engine.checkpoint import (
+    load_checkpoint, remove_interrupted_writes, restore_rng_state, rng_state, save_checkpoint,
+)
 from benchmark.engine.evaluator import Evaluator, autocast_context, to_device
 from benchmark.models.segmentor import Segmentor
 
 log = logging.getLogger(__name__)
+
+
+class ResumeError(RuntimeError):
+    """The checkpoint cannot be continued by this run."""
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -132,7 +138,8 @@ class Trainer:
     def checkpoint_dir(self) -> Path:
         return self.run_dir / "checkpoints"
 
-    def state(self, epoch: int) -> dict[str, Any]:
+    def state(self, epoch: int, rng: list[dict[str, Any]]) -> dict[str, Any]:
+        """A checkpoint after ``epoch``; ``rng`` holds the random state of every rank, by rank."""
         return {
             "model": self.model.trainable_state_dict(),
             "mode": self.model.mode,
@@ -145,12 +152,23 @@ class Trainer:
             "train_images": self.train_images,
             "train_seconds": self.train_seconds,
             "eval_seconds": self.eval_seconds,
-            "rng": rng_state(),
+            "world_size": self.ctx.world_size,
+            "rng": rng,
         }
 
-    def resume(self, path: Path) -> None:
-        """Continue from a ``last.pt`` checkpoint: weights, optimizer, schedule, counters and RNG."""
-        state = load_checkpoint(path)
+    def resume(self, path: Path, trusted: Sequence[str | Path] = ()) -> None:
+        """Continue from a ``last.pt`` checkpoint: weights, optimizer, schedule, counters and RNG.
+
+        ``trusted``: files the user allows to be unpickled in full (``trusted_pickle_files``).
+        """
+        state = load_checkpoint(path, trusted=trusted)
+        saved_world = state.get("world_size", 1)
+        if saved_world != self.ctx.world_size:
+            raise ResumeError(
+                f"{path} was written by a run of {saved_world} process(es); this one has {self.ctx.world_size}. "
+                f"Resume with torchrun --nproc_per_node={saved_world} (the data shards and per-process random "
+                "states depend on it), or start a new run without resume=true"
+            )
         self.model.load_trainable_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -161,10 +179,28 @@ class Trainer:
         self.train_images = state["train_images"]
         self.train_seconds = state["train_seconds"]
         self.eval_seconds = state["eval_seconds"]
-        restore_rng_state(state["rng"])
+        restore_rng_state(state["rng"][self.ctx.rank])
         if self.ctx.is_main:
+            self.remove_interrupted_writes()
             self._truncate_metrics_log(state["epoch"])
         log.info("Resumed from %s after epoch %d", path, state["epoch"] + 1)
+
+    def start_afresh(self) -> None:
+        """Remove what an earlier attempt that never wrote ``last.pt`` left in the run folder (rank 0), so
+        that the folder ends as an uninterrupted run's would: no epoch logged twice, no stale best.pt."""
+        if not self.ctx.is_main:
+            return
+        self.remove_interrupted_writes()
+        stale = [self.run_dir / "metrics.jsonl", self.run_dir / "results.json", *self.checkpoint_dir.glob("*.pt")]
+        for path in stale:
+            if path.is_file():
+                log.info("Removing %s left by an interrupted earlier attempt", path)
+                path.unlink()
+
+    def remove_interrupted_writes(self) -> None:
+        for folder in (self.run_dir, self.checkpoint_dir):
+            for path in remove_interrupted_writes(folder):
+                log.info("Removed %s, the remains of a write that was interrupted", path)
 
     def _truncate_metrics_log(self, last_epoch: int) -> None:
         """Drop metric lines written after the checkpoint (the epoch will be run again)."""
@@ -216,34 +252,52 @@ class Trainer:
         """Train to ``n_epochs``; returns the best validation metrics seen."""
         for epoch in range(self.start_epoch, self.n_epochs):
             train_loss = self.train_epoch(epoch)
-            last = epoch == self.n_epochs - 1
-            line = {"epoch": epoch + 1, "train_loss": train_loss}
-            if (epoch + 1) % self.eval_interval == 0 or last:
-                started = time.perf_counter()
-                metrics = self.evaluator.evaluate(self.model, desc=f"val {epoch + 1}")
-                self.eval_seconds += time.perf_counter() - started
+            line: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss}
+            improved = False
+            if (epoch + 1) % self.eval_interval == 0 or epoch == self.n_epochs - 1:
+                metrics, improved = self.validate(epoch, train_loss)
                 line.update({"split": "val", **metrics})
-                improved = metrics[self.best_metric_key] > self.best_metric
-                if improved:
-                    self.best_metric, self.best_epoch = metrics[self.best_metric_key], epoch + 1
-                    self.best_val_metrics = metrics
-                log.info(
-                    "epoch %d/%d  train loss %.4f  val mIoU %.4f  %s  (best %.4f @ %d)",
-                    epoch + 1, self.n_epochs, train_loss, metrics["mIoU"],
-                    "  ".join(f"IoU[{k}] {v:.4f}" for k, v in metrics["IoU"].items()),
-                    self.best_metric, self.best_epoch,
-                )
-                if self.ctx.is_main:
-                    if improved:
-                        save_checkpoint(self.checkpoint_dir / "best.pt", self.state(epoch))
-                    if self.wandb_run is not None:
-                        self.wandb_run.log({f"val/{k}": v for k, v in metrics.items() if isinstance(v, float)} | {"epoch": epoch + 1})
             else:
                 log.info("epoch %d/%d  train loss %.4f", epoch + 1, self.n_epochs, train_loss)
-            if self.ctx.is_main:
-                with open(self.run_dir / "metrics.jsonl", "a") as handle:
-                    handle.write(json.dumps(line) + "\n")
-                if self.ckpt_interval and (epoch + 1) % self.ckpt_interval == 0:
-                    save_checkpoint(self.checkpoint_dir / f"epoch_{epoch + 1}.pt", self.state(epoch))
-                save_checkpoint(self.checkpoint_dir / "last.pt", self.state(epoch))
+            self.save(epoch, line, improved)
         return self.best_val_metrics
+
+    def validate(self, epoch: int, train_loss: float) -> tuple[dict[str, Any], bool]:
+        """Validation metrics after ``epoch`` and whether they are the best so far."""
+        started = time.perf_counter()
+        metrics = self.evaluator.evaluate(self.model, desc=f"val {epoch + 1}")
+        self.eval_seconds += time.perf_counter() - started
+        # The first validation always gives best.pt, even with a NaN metric; NaN never beats a number.
+        value = metrics[self.best_metric_key]
+        value = -math.inf if math.isnan(value) else value
+        improved = self.best_epoch < 0 or value > self.best_metric
+        if improved:
+            self.best_metric, self.best_epoch = value, epoch + 1
+            self.best_val_metrics = metrics
+        log.info(
+            "epoch %d/%d  train loss %.4f  val mIoU %.4f  %s  (best %.4f @ %d)",
+            epoch + 1, self.n_epochs, train_loss, metrics["mIoU"],
+            "  ".join(f"IoU[{k}] {v:.4f}" for k, v in metrics["IoU"].items()),
+            self.best_metric, self.best_epoch,
+        )
+        if self.wandb_run is not None:
+            self.wandb_run.log({f"val/{k}": v for k, v in metrics.items() if isinstance(v, float)} | {"epoch": epoch + 1})
+        return metrics, improved
+
+    def save(self, epoch: int, line: dict[str, Any], improved: bool) -> None:
+        """Log the epoch's line, then write best.pt (if improved), epoch_N.pt and last.pt (rank 0).
+
+        Every rank's random state goes into the checkpoints, so a resumed run draws what each rank would
+        have drawn. ``last.pt`` comes last: a resume truncates ``metrics.jsonl`` to its epoch.
+        """
+        rng = all_gather_object(rng_state())
+        if not self.ctx.is_main:
+            return
+        with open(self.run_dir / "metrics.jsonl", "a") as handle:
+            handle.write(json.dumps(line) + "\n")
+        state = self.state(epoch, rng)
+        if improved:
+            save_checkpoint(self.checkpoint_dir / "best.pt", state)
+        if self.ckpt_interval and (epoch + 1) % self.ckpt_interval == 0:
+            save_checkpoint(self.checkpoint_dir / f"epoch_{epoch + 1}.pt", state)
+        save_checkpoint(self.checkpoint_dir / "last.pt", state)

@@ -23,14 +23,29 @@ def norm_2d(kind: str, channels: int) -> nn.Module:
     raise ValueError(f"unknown norm {kind!r}; use 'batch' or 'group'")
 
 
-class ConvNormAct(nn.Sequential):
-    """Conv2d (no bias) -> norm -> ReLU, padding keeping the spatial size for odd kernels."""
+ACTIVATIONS = {"relu": lambda: nn.ReLU(inplace=True), "gelu": nn.GELU}
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, norm: str = "batch") -> None:
+
+class ConvNormAct(nn.Sequential):
+    """Conv2d -> norm -> activation (``relu`` or ``gelu``), padding keeping the spatial size for odd kernels.
+
+    ``bias`` adds a conv bias; the norm cancels it, but PANGAEA's UPerNet convs carry one, so its parameter
+    count is matched by asking for it.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        norm: str = "batch",
+        bias: bool = False,
+        act: str = "relu",
+    ) -> None:
         super().__init__(
-            nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
+            nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias),
             norm_2d(norm, out_channels),
-            nn.ReLU(inplace=True),
+            ACTIVATIONS[act](),
         )
 
 

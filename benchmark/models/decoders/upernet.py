@@ -13,13 +13,17 @@ from benchmark.models.decoders.neck import FeaturePyramidNeck
 
 
 class PyramidPooling(nn.Module):
-    """Pool to each scale, project, upsample back, concatenate with the input and fuse (3x3)."""
+    """Pool to each scale, project, upsample back, concatenate with the input and fuse (3x3).
+
+    Every conv carries a bias before its norm, as in PANGAEA (pangaea/decoders/upernet.py, ``nn.Conv2d``
+    with its default ``bias=True`` before each ``nn.SyncBatchNorm``), so that parameter counts match.
+    """
 
     def __init__(self, in_channels: int, channels: int, scales: Sequence[int], norm: str) -> None:
         super().__init__()
         self.scales = list(scales)
-        self.branches = nn.ModuleList(ConvNormAct(in_channels, channels, 1, norm) for _ in self.scales)
-        self.bottleneck = ConvNormAct(in_channels + channels * len(self.scales), channels, 3, norm)
+        self.branches = nn.ModuleList(ConvNormAct(in_channels, channels, 1, norm, bias=True) for _ in self.scales)
+        self.bottleneck = ConvNormAct(in_channels + channels * len(self.scales), channels, 3, norm, bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[-2:]
@@ -31,6 +35,8 @@ class PyramidPooling(nn.Module):
 
 class UPerNet(nn.Module):
     """UPerNet head: pyramid pooling on the coarsest level, FPN top-down fusion, fuse all levels.
+
+    As PANGAEA builds it: each level its own encoder layer, every conv with a bias before its norm.
 
     Args:
         in_dims: channels of the encoder outputs (4 of them).
@@ -55,9 +61,9 @@ class UPerNet(nn.Module):
         self.neck = FeaturePyramidNeck(in_dims, norm=norm)
         dims = self.neck.out_dims
         self.ppm = PyramidPooling(dims[-1], channels, pool_scales, norm)
-        self.lateral = nn.ModuleList(ConvNormAct(dim, channels, 1, norm) for dim in dims[:-1])
-        self.fpn = nn.ModuleList(ConvNormAct(channels, channels, 3, norm) for _ in dims[:-1])
-        self.fuse = ConvNormAct(channels * len(dims), channels, 3, norm)
+        self.lateral = nn.ModuleList(ConvNormAct(dim, channels, 1, norm, bias=True) for dim in dims[:-1])
+        self.fpn = nn.ModuleList(ConvNormAct(channels, channels, 3, norm, bias=True) for _ in dims[:-1])
+        self.fuse = ConvNormAct(channels * len(dims), channels, 3, norm, bias=True)
         self.dropout = nn.Dropout2d(dropout)
         self.classifier = nn.Conv2d(channels, num_classes, 1)
         # BatchNorm after the 1x1 pooling branch sees one value per channel and sample: it needs 2 samples.

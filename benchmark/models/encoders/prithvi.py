@@ -6,6 +6,7 @@ NASA on multi-temporal HLS imagery. Releases: https://huggingface.co/ibm-nasa-ge
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -58,6 +59,9 @@ class Prithvi(Encoder):
         patch_size: patch side in pixels (16; 14 for Prithvi-EO-2.0-600M).
         num_frames: dates per sample T (the input is (B, C, T, H, W)).
         embed_dim, depth, num_heads, mlp_ratio: transformer shape (ViT-B: 768, 12, 12, 4).
+        layer_norm_eps: eps of every LayerNorm. 1e-5 (PyTorch's default) for Prithvi-EO-1.0, whose
+            release code builds plain ``nn.LayerNorm``; 1e-6 for Prithvi-EO-2.0, whose release code
+            (``prithvi_mae.py`` published with the weights) defaults to ``LayerNorm(eps=1e-6)``.
         output_layers: 0-based blocks whose outputs are returned; only blocks up to the last are built.
         encoder_weights: path of the release file; download_url: where to fetch it when missing.
         pretrained: load ``encoder_weights`` (False for ``mode=random``).
@@ -75,6 +79,7 @@ class Prithvi(Encoder):
         depth: int = 12,
         num_heads: int = 12,
         mlp_ratio: float = 4.0,
+        layer_norm_eps: float = 1e-5,
         output_layers: Sequence[int] = (3, 5, 7, 11),
         encoder_weights: str | None = None,
         download_url: str | None = None,
@@ -95,8 +100,9 @@ class Prithvi(Encoder):
         self.patch_embed = TubeletEmbed(len(self.input_bands["optical"]), embed_dim, patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(self._pos_table(self.grid_size), requires_grad=False)
+        norm_layer = partial(nn.LayerNorm, eps=layer_norm_eps)
         self.blocks = nn.ModuleList(
-            Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=nn.LayerNorm)
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer)
             for _ in range(max(self.output_layers) + 1)
         )
         nn.init.normal_(self.cls_token, std=0.02)

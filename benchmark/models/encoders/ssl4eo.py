@@ -206,7 +206,8 @@ class SSL4EODINO(SSL4EOMAE):
 class SSL4EOMoCo(SSL4EOMAE):
     """SSL4EO-S12 MoCo-v3 ViT-S/16 (the base encoder): fixed MoCo-v3 sin-cos ``pos_embed``, qkv bias.
 
-    MoCo-v3's ViT-S has 12 heads (not DeiT's 6): set ``num_heads: 12`` as the config does.
+    Heads: 6, as in SSL4EO-S12's copy of moco-v3's ``vit_small`` (upstream moco-v3 uses 12; the
+    release file cannot tell them apart, the config states it).
     Release layout: ``{"state_dict": {"module.base_encoder.<key>": ...}, ...}``. The momentum encoder,
     the predictor (other prefixes), the projection head ``head.*`` and the final ``norm`` are ignored.
     Arguments as :class:`SSL4EOMAE`.

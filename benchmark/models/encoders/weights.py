@@ -1,20 +1,20 @@
 """Finding, reading and strictly loading encoder release checkpoints.
 
-Loading never falls back to random weights: a missing file is downloaded or reported, a foreign or
-damaged file is reported with what is wrong in it.
+Loading never falls back to random weights: a missing file is downloaded (by one process, the others
+wait) or reported, a foreign or damaged file is reported with what is wrong in it. Reading never runs
+code from the file: see :func:`benchmark.engine.checkpoint.safe_torch_load`.
 """
 
 from __future__ import annotations
 
 import logging
-import pickle
-import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import torch
 
 from benchmark.download import DownloadError, download_file
+from benchmark.engine.checkpoint import CheckpointReadError, UntrustedPickleError, safe_torch_load
 
 if TYPE_CHECKING:
     from benchmark.models.encoders.base import Encoder
@@ -88,27 +88,19 @@ def resolve_weights_file(encoder_weights: str | None, download_url: str | None) 
 
 
 def read_checkpoint(path: str | Path) -> Any:
-    """``torch.load`` a release file on CPU, with a clear error for truncated or non-torch files.
+    """Unpickle a release file on CPU without running code in it (see :func:`safe_torch_load`).
 
-    Tensors-only loading is tried first; files that pickle other Python objects (training args,
-    as some SSL4EO releases do) are then loaded in full, which assumes a trusted source.
+    Besides tensors, a file may hold the allow-listed objects some releases carry (training args, numpy
+    scalars); anything else raises :class:`UntrustedPickleError` unless the file is in
+    ``trusted_pickle_files``. A damaged or foreign file raises :class:`CheckpointLayoutError`.
     """
     path = Path(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        if "weights_only" not in str(error).lower() and "weights only" not in str(error).lower():
-            raise CheckpointLayoutError(f"{path} is not a readable PyTorch checkpoint: {error}") from error
-        log.warning("%s pickles Python objects besides tensors; loading it in full (trusted source)", path)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as error:
-        raise CheckpointLayoutError(
-            f"{path} could not be read as a PyTorch checkpoint ({error}). The file is probably "
-            "truncated or corrupted (an interrupted download?): delete it and fetch it again."
-        ) from error
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # any unpickling failure means the same thing to the user
-        raise CheckpointLayoutError(f"{path} could not be read as a PyTorch checkpoint ({error})") from error
+        return safe_torch_load(path, damaged_hint="An interrupted download? Delete it and fetch it again.")
+    except UntrustedPickleError:
+        raise
+    except CheckpointReadError as error:
+        raise CheckpointLayoutError(str(error)) from error
 
 
 def unwrap(checkpoint: Any, key: str, expected: str) -> Mapping[str, Any]:

@@ -1,0 +1,109 @@
+"""Start-up checks of the composed config: every bad value is reported at once, before any work starts."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from omegaconf import DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """One or more config values cannot work; the message lists each with its fix."""
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _at_least(minimum: int) -> Callable[[Any], bool]:
+    return lambda value: _is_int(value) and value >= minimum
+
+
+def _one_of(*options: str) -> Callable[[Any], bool]:
+    return lambda value: value in options
+
+
+def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda value: value is None or check(value)
+
+
+# key -> (check, what a valid value is); keys missing from a config are not checked.
+RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "task.trainer.n_epochs": (_at_least(1), "an integer >= 1 (training epochs)"),
+    "batch_size": (_at_least(1), "an integer >= 1 (training samples per process)"),
+    "test_batch_size": (_at_least(1), "an integer >= 1 (full tiles per process at evaluation)"),
+    "num_workers": (_at_least(0), "an integer >= 0 (DataLoader worker processes; 0 reads in the main process)"),
+    "test_num_workers": (_at_least(0), "an integer >= 0 (DataLoader worker processes; 0 reads in the main process)"),
+    "optimizer.lr": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+    "encoder_lr_scale": (lambda v: _is_number(v) and v >= 0, "a number >= 0 (0 keeps the encoder's weights)"),
+    "task.trainer.eval_interval": (_at_least(1), "an integer >= 1 (epochs between validations)"),
+    "task.trainer.log_interval": (_at_least(1), "an integer >= 1 (iterations between loss logs)"),
+    "task.trainer.ckpt_interval": (_optional(_at_least(1)), "null or an integer >= 1 (epochs between kept checkpoints)"),
+    "task.trainer.grad_clip": (_optional(lambda v: _is_number(v) and v > 0), "null or a number > 0"),
+    "task.trainer.precision": (_one_of("auto", "fp32", "bf16"), "auto, fp32 or bf16"),
+    "task.evaluator.sliding_inference_batch": (_at_least(1), "an integer >= 1 (windows per forward pass)"),
+    "device": (_one_of("auto", "cpu", "cuda"), "auto, cpu or cuda"),
+    "mode": (_one_of("frozen", "unfrozen", "random"), "frozen, unfrozen or random"),
+    "cache_dtype": (_one_of("float16", "float32"), "float16 or float32"),
+}
+
+
+def _window_problems(cfg: DictConfig) -> list[str]:
+    """Crop and sliding-window strides must fit the encoder window."""
+    window = OmegaConf.select(cfg, "encoder.input_size")
+    if not _is_int(window):
+        return []
+    problems = []
+    stride = OmegaConf.select(cfg, "train_crop_stride")
+    if stride is not None and not (_is_int(stride) and 1 <= stride <= window):
+        problems.append(
+            f"train_crop_stride={stride!r}: must be an integer in [1, encoder.input_size={window}] "
+            "(1 draws training crops anywhere, as PANGAEA does; larger values draw them from a fixed grid)"
+        )
+    stride = OmegaConf.select(cfg, "task.evaluator.stride")
+    if stride is not None and not (_is_int(stride) and 1 <= stride <= window):
+        problems.append(f"task.evaluator.stride={stride!r}: must be null (PANGAEA's grid) or an integer in [1, {window}]")
+    return problems
+
+
+def _unwritable(folder: Path) -> str | None:
+    """Why ``folder`` cannot hold run folders, or None when a file can be created in it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        return f"{error.strerror or error}"
+    return None
+
+
+def config_problems(cfg: DictConfig, check_work_dir: bool = True) -> list[str]:
+    """One line per config value that cannot work, naming the key, the value and what it must be."""
+    problems = []
+    absent = object()
+    for key, (check, valid) in RULES.items():
+        if OmegaConf.select(cfg, key, default=absent) is absent:
+            continue
+        value = OmegaConf.select(cfg, key)
+        if not check(value):
+            problems.append(f"{key}={value!r}: must be {valid}")
+    problems += _window_problems(cfg)
+    if check_work_dir and "work_dir" in cfg:
+        why = _unwritable(Path(os.path.expanduser(str(cfg.work_dir))))
+        if why:
+            problems.append(f"work_dir={cfg.work_dir}: cannot write there ({why}); choose a writable folder")
+    return problems
+
+
+def check_config(cfg: DictConfig, check_work_dir: bool = True) -> None:
+    """Raise :class:`ConfigError` listing every problem of :func:`config_problems`."""
+    problems = config_problems(cfg, check_work_dir)
+    if problems:
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))

@@ -1,0 +1,5 @@
+"""``python -m benchmark.report DIR... [--output OUT]``."""
+
+from benchmark.report import main
+
+main()

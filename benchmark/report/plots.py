@@ -1,0 +1,178 @@
+"""The report's figures: test mIoU by decoder and mode, validation curves, test mIoU against cost.
+
+Groups that share dataset, encoder, decoder and mode but differ in settings (``Group.label``) get
+bars, lines and points of their own, named by those settings.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter  # noqa: E402
+
+from benchmark.report.runs import ORDER, Group  # noqa: E402
+from benchmark.report.tables import cost, count, mean_std, metric  # noqa: E402
+
+MODE_MARKERS = {"frozen": "o", "unfrozen": "s", "random": "^"}
+test_miou = metric("test", "mIoU")
+
+
+def label(name: str) -> str:
+    return name.removeprefix("seg_")
+
+
+def series(group: Group) -> str:
+    """The legend entry of a group within its decoder: its mode, and its settings when groups differ."""
+    return f"{group.config.mode} · {group.label}" if group.label else group.config.mode
+
+
+def panels(keys: Sequence[Any], width: float = 5.5, height: float = 3.8) -> tuple[Figure, list[Any]]:
+    """A figure with one axes per key (at most 3 per row)."""
+    ncols = min(3, len(keys))
+    nrows = math.ceil(len(keys) / ncols)
+    figure, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False, layout="constrained")
+    flat = list(axes.flat)
+    for extra in flat[len(keys):]:
+        extra.set_visible(False)
+    return figure, flat[: len(keys)]
+
+
+def save(figure: Figure, path: Path) -> None:
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+
+
+def mode_rank(mode: str) -> int:
+    order = ORDER["mode"]
+    return order.index(mode) if mode in order else len(order)
+
+
+def ordered_series(groups: Iterable[Group]) -> list[str]:
+    """Series names, by mode in display order, then settings."""
+    named = {series(g): (mode_rank(g.config.mode), g.config.mode, g.label) for g in groups}
+    return sorted(named, key=lambda name: named[name])
+
+
+def pairs_of(groups: Sequence[Group]) -> list[tuple[str, str]]:
+    return list(dict.fromkeys((g.config.dataset, g.config.encoder) for g in groups))
+
+
+def miou_by_decoder_and_mode(groups: Sequence[Group]) -> Figure:
+    """Bars: test mIoU per decoder, one bar per mode (and settings), error bar = std over seeds; a panel per dataset x encoder."""
+    plotted = [g for g in groups if g.values(test_miou)]
+    names = ordered_series(plotted)
+    colours = {name: f"C{i % 10}" for i, name in enumerate(names)}
+    figure, axes = panels(pairs_of(plotted) or [("", "")])
+    for (dataset, encoder), ax in zip(pairs_of(plotted), axes):
+        mine = [g for g in plotted if (g.config.dataset, g.config.encoder) == (dataset, encoder)]
+        decoders = list(dict.fromkeys(g.config.decoder for g in mine))
+        width = 0.8 / max(sum(g.config.decoder == d for g in mine) for d in decoders)
+        for i, decoder in enumerate(decoders):
+            bars = sorted((g for g in mine if g.config.decoder == decoder), key=lambda g: names.index(series(g)))
+            for j, group in enumerate(bars):  # the decoder's bars centred on its tick
+                x = i + (j - (len(bars) - 1) / 2) * width
+                mean, std = mean_std(group.values(test_miou))
+                error = 100 * std if std is not None else 0.0
+                ax.bar(x, 100 * mean, width, yerr=error, capsize=3, color=colours[series(group)])
+                ax.text(x, 100 * mean + error + 1, f"{100 * mean:.1f}\nn={len(group.runs)}", ha="center", va="bottom", fontsize=7)
+        ax.set_xticks(range(len(decoders)), [label(d) for d in decoders])
+        ax.set_ylim(0, 125)
+        ax.set_yticks(range(0, 101, 20))
+        ax.set_ylabel("test mIoU (%)")
+        ax.set_title(f"{dataset} · {encoder}", fontsize=10)
+        shown = [name for name in names if any(series(g) == name for g in mine)]
+        handles = [Patch(color=colours[name], label=name) for name in shown]
+        if any(g.label for g in mine):  # long names: one per line, below the bars
+            ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.12), fontsize=7)
+        else:
+            ax.legend(handles=handles, loc="upper center", ncol=len(handles), fontsize=8)
+    return figure
+
+
+def validation_curves(groups: Sequence[Group]) -> Figure:
+    """Validation mIoU against epoch: mean over seeds per group (band = min..max); a panel per dataset x encoder."""
+    pairs = pairs_of(groups)
+    figure, axes = panels(pairs)
+    for (dataset, encoder), ax in zip(pairs, axes):
+        for group in (g for g in groups if (g.config.dataset, g.config.encoder) == (dataset, encoder)):
+            by_epoch: dict[int, list[float]] = defaultdict(list)
+            for run in group.runs:
+                for epoch, value in run.curve:
+                    by_epoch[epoch].append(100 * value)
+            epochs = sorted(by_epoch)
+            if not epochs:
+                continue
+            name = f"{label(group.config.decoder)} / {series(group)} (n={len(group.runs)})"
+            line = ax.plot(epochs, [statistics.fmean(by_epoch[e]) for e in epochs], marker=".", label=name)[0]
+            ax.fill_between(epochs, [min(by_epoch[e]) for e in epochs], [max(by_epoch[e]) for e in epochs],
+                            color=line.get_color(), alpha=0.15, linewidth=0)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel("validation mIoU (%)")
+        ax.set_title(f"{dataset} · {encoder}", fontsize=10)
+        if ax.get_lines():
+            ax.legend(fontsize=7, title="decoder / mode", title_fontsize=8)
+        ax.grid(alpha=0.3)
+    return figure
+
+
+def miou_against_cost(groups: Sequence[Group]) -> Figure:
+    """Test mIoU against training time and trainable parameters (mean ± std over seeds); a row per dataset.
+
+    Colour = decoder, marker = mode; points are labelled with the encoder when there are several and
+    with their settings where groups differ in them.
+    """
+    datasets = list(dict.fromkeys(g.config.dataset for g in groups))
+    figure, axes = plt.subplots(len(datasets), 2, figsize=(12, 4.2 * len(datasets)), squeeze=False, layout="constrained")
+    colours = {d: f"C{i % 10}" for i, d in enumerate(dict.fromkeys(g.config.decoder for g in groups))}
+    several_encoders = len({g.config.encoder for g in groups}) > 1
+    axes_kinds = (("train_time_s", "training time (s)", "{:g}".format), ("trainable_params", "trainable parameters", count))
+    for row, dataset in zip(axes, datasets):
+        for ax, (name, title, fmt) in zip(row, axes_kinds):
+            for group in (g for g in groups if g.config.dataset == dataset and g.values(cost(name)) and g.values(test_miou)):
+                (x, x_std), (y, y_std) = mean_std(group.values(cost(name))), mean_std(group.values(test_miou))
+                ax.errorbar(x, 100 * y, xerr=x_std, yerr=100 * y_std if y_std is not None else None,
+                            marker=MODE_MARKERS.get(group.config.mode, "D"), color=colours[group.config.decoder],
+                            capsize=3, linestyle="none")
+                text = " · ".join(t for t in (group.config.encoder if several_encoders else "", group.label) if t)
+                if text:
+                    ax.annotate(text, (x, 100 * y), fontsize=7, xytext=(4, 4), textcoords="offset points")
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _, fmt=fmt: fmt(value)))
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.set_xlabel(f"{title}, log scale")
+            ax.set_ylabel("test mIoU (%)")
+            ax.set_title(f"{dataset}: test mIoU against {title}", fontsize=10)
+            ax.grid(alpha=0.3, which="both")
+    handles = [Line2D([], [], color=c, marker="o", linestyle="none", label=label(d)) for d, c in colours.items()]
+    modes = sorted({g.config.mode for g in groups}, key=lambda m: (mode_rank(m), m))
+    handles += [Line2D([], [], color="grey", marker=MODE_MARKERS.get(m, "D"), linestyle="none", label=m) for m in modes]
+    figure.legend(handles=handles, loc="outside right center", fontsize=8, title="decoder, mode", title_fontsize=8)
+    return figure
+
+
+PLOTS = {
+    "miou_by_decoder_mode.png": miou_by_decoder_and_mode,
+    "val_miou_curves.png": validation_curves,
+    "miou_vs_cost.png": miou_against_cost,
+}
+
+
+def write_plots(groups: Sequence[Group], output: Path) -> list[Path]:
+    """Draw and save every plot into ``output``."""
+    written = []
+    for name, draw in PLOTS.items():
+        save(draw(groups), output / name)
+        written.append(output / name)
+    return written
