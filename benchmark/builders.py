@@ -14,15 +14,18 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from benchmark.compat import dataset_arguments
 from benchmark.data.loaders import EpochShuffleSampler, ShardSampler, make_loader
 from benchmark.data.preprocessing import PreprocessedDataset
-from benchmark.distributed import DistContext, barrier
-from benchmark.engine.checkpoint import trusted_pickle_files
+from benchmark.distributed import DistContext, barrier, main_then_share
 from benchmark.engine.evaluator import Evaluator
-from benchmark.engine.feature_cache import (
-    CachedEvalTiles, CachedTrainWindows, FeatureCache, main_then_share, weights_sha256,
-)
-from benchmark.engine.trainer import resolve_precision
+from benchmark.engine.feature_cache import FeatureCache
+from benchmark.engine.feature_key import weights_sha256
+from benchmark.engine.feature_store import CachedEvalTiles, CachedTrainWindows
+from benchmark.engine.precision import resolve_precision
+from benchmark.engine.safe_load import trusted_pickle_files
+from benchmark.models.encoders.base import architecture_config
+from benchmark.models.encoders.weights import load_pretrained
 from benchmark.models.segmentor import Segmentor
 
 log = logging.getLogger(__name__)
@@ -47,12 +50,13 @@ def build_datasets(cfg: DictConfig, ctx: DistContext, splits: Sequence[str] = ("
 def build_dataset(cfg: DictConfig, split: str, ctx: DistContext) -> PreprocessedDataset:
     """The ``split`` of ``cfg.dataset`` with ``cfg.preprocessing[split]`` applied.
 
-    Rank 0 builds first so that a download or synthetic generation happens once per machine.
+    Rank 0 builds first so that a download or synthetic generation happens once per machine. PANGAEA keys
+    that the dataset class does not take stay out of it (:func:`benchmark.compat.dataset_arguments`).
     """
     if not ctx.is_main:
         barrier()
     raster_cache = str(Path(cfg.cache_dir) / "rasters") if cfg.cache else None
-    dataset = instantiate_plain(cfg.dataset, split=split, cache_dir=raster_cache, _convert_="all")
+    dataset = instantiate_plain(dataset_arguments(cfg.dataset), split=split, cache_dir=raster_cache, _convert_="all")
     if ctx.is_main:
         barrier()
     steps = [instantiate_plain(step, _convert_="all") for step in cfg.preprocessing[split]]
@@ -60,8 +64,9 @@ def build_dataset(cfg: DictConfig, split: str, ctx: DistContext) -> Preprocessed
 
 
 def cache_key(cfg: DictConfig, split: str) -> dict[str, Any]:
-    """The dataset and preprocessing settings that the encoder features of ``split`` depend on."""
-    dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
+    """The dataset and preprocessing settings that the encoder features of ``split`` depend on: what the dataset
+    class is built from, so that PANGAEA keys it ignores (``dataset.distribution=...``) reuse the cache."""
+    dataset = dataset_arguments(cfg.dataset)
     for where in ("root_path", "download_url", "auto_download"):  # the data files are fingerprinted instead
         dataset.pop(where, None)
     return {"dataset": dataset, "preprocessing": OmegaConf.to_container(cfg.preprocessing[split], resolve=True)}
@@ -75,13 +80,12 @@ def build_feature_cache(cfg: DictConfig, mode: str, model: Segmentor, ctx: DistC
         log.info("cache=true: decoded rasters are cached; encoder features are not (mode=%s trains the encoder)", mode)
         return None
     root = Path(cfg.cache_dir)
-    encoder = OmegaConf.to_container(cfg.encoder, resolve=True)
-    weights = Path(encoder.pop("encoder_weights"))
-    encoder.pop("download_url", None)
+    weights = Path(cfg.encoder.encoder_weights)
+    weights_digest = main_then_share(ctx, lambda: weights_sha256(weights, root), "hashing the encoder weights")
     return FeatureCache(
         root / "features",
         model.encoder,
-        {"config": encoder, "weights_sha256": main_then_share(ctx, lambda: weights_sha256(weights, root))},
+        {"config": architecture_config(cfg.encoder), "weights_sha256": weights_digest},
         ctx,
         precision=resolve_precision(cfg.task.trainer.precision, ctx.device),
         dtype=cfg.cache_dtype,
@@ -153,9 +157,13 @@ def build_segmentor(cfg: DictConfig, mode: str, ctx: DistContext) -> Segmentor:
     On CUDA the decoder's convolutions use channels_last; ``task.trainer.compile`` compiles encoder and
     decoder (in place: checkpoints keep their keys).
     """
-    # Encoders read their release file inside their constructor: the opt-in reaches it through this block.
-    with trusted_pickle_files(cfg.get("trusted_pickle_files")):
-        encoder = instantiate_plain(cfg.encoder, pretrained=mode != "random", _convert_="all")
+    # The constructor only builds the architecture; the file named by encoder.encoder_weights is read after.
+    encoder = instantiate_plain(architecture_config(cfg.encoder), _convert_="all")
+    if mode == "random":
+        log.info("%s: random initialisation (mode=random), no weights file read", type(encoder).__name__)
+    else:
+        with trusted_pickle_files(cfg.get("trusted_pickle_files")):  # the user's opt-in for pickled objects
+            load_pretrained(encoder, cfg.encoder.get("encoder_weights"), cfg.encoder.get("download_url"))
     decoder = instantiate_plain(cfg.decoder, in_dims=encoder.output_dims, _convert_="all")
     model = Segmentor(encoder, decoder, mode)
     if ctx.distributed and ctx.device.type == "cuda":
@@ -201,9 +209,9 @@ def fused_kernel_available(optimizer: type, device_type: str) -> bool:
 
 
 def build_evaluator(cfg: DictConfig, loader: DataLoader, window: int, ctx: DistContext) -> Evaluator:
+    """Sliding-window evaluation of full tiles (the only inference mode: ``task.evaluator.inference_mode`` is a
+    PANGAEA key checked at start-up by :mod:`benchmark.compat`)."""
     evaluator_cfg = cfg.task.evaluator
-    if evaluator_cfg.inference_mode != "sliding":
-        raise ValueError(f"task.evaluator.inference_mode must be 'sliding', got {evaluator_cfg.inference_mode!r}")
     return Evaluator(
         loader,
         num_classes=cfg.dataset.num_classes,

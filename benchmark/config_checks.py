@@ -9,6 +9,8 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
+from benchmark.compat import pangaea_problems
+
 
 class ConfigError(ValueError):
     """One or more config values cannot work; the message lists each with its fix."""
@@ -52,6 +54,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "device": (_one_of("auto", "cpu", "cuda"), "auto, cpu or cuda"),
     "mode": (_one_of("frozen", "unfrozen", "random"), "frozen, unfrozen or random"),
     "cache_dtype": (_one_of("float16", "float32"), "float16 or float32"),
+    "use_wandb": (lambda v: isinstance(v, bool), "true or false"),
 }
 
 
@@ -95,6 +98,7 @@ def config_problems(cfg: DictConfig, check_work_dir: bool = True) -> list[str]:
         if not check(value):
             problems.append(f"{key}={value!r}: must be {valid}")
     problems += _window_problems(cfg)
+    problems += pangaea_problems(cfg)
     if check_work_dir and "work_dir" in cfg:
         why = _unwritable(Path(os.path.expanduser(str(cfg.work_dir))))
         if why:

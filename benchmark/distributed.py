@@ -2,6 +2,10 @@
 
 Under ``torchrun`` (``WORLD_SIZE`` set) a process group is created: NCCL when the run uses CUDA, gloo
 on CPU. A plain ``python benchmark/run.py`` runs one process without a process group.
+
+:func:`main_then_share` and :func:`on_every_rank` run a step of shared work (preparing and filling the
+feature cache) so that a failure on one rank stops every rank, instead of leaving the others waiting in
+the next collective call.
 """
 
 from __future__ import annotations
@@ -9,11 +13,15 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 import torch.distributed as dist
+
+
+class RankFailedError(RuntimeError):
+    """Another rank failed in a step all ranks take together; this rank stops with it."""
 
 
 @dataclass(frozen=True)
@@ -112,3 +120,34 @@ def all_reduce_max(value: float, device: torch.device) -> float:
     tensor = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return float(tensor.item())
+
+
+def main_then_share(ctx: DistContext, fn: Callable[[], Any], what: str) -> Any:
+    """``fn()`` on rank 0, its result on every rank; an error on rank 0 is raised on every rank (the others
+    raise :class:`RankFailedError` with its message). ``what``: the step, for that message."""
+    outcome, error = None, None
+    if ctx.is_main:
+        try:
+            outcome = ("ok", fn())
+        except Exception as exc:  # re-raised below, after the other ranks have been told
+            error, outcome = exc, ("error", f"{type(exc).__name__}: {exc}")
+    status, value = broadcast_object(outcome)
+    if error is not None:
+        raise error
+    if status == "error":
+        raise RankFailedError(f"rank 0 failed while {what}: {value}")
+    return value
+
+
+def on_every_rank(ctx: DistContext, fn: Callable[[], None], what: str) -> None:
+    """``fn()`` on every rank; if it fails on any rank, every rank raises (its own error, or
+    :class:`RankFailedError`). ``what``: the step, for that message."""
+    error = None
+    try:
+        fn()
+    except Exception as exc:
+        error = exc
+    if all_reduce_max(float(error is not None), ctx.device) > 0:
+        if error is not None:
+            raise error
+        raise RankFailedError(f"another rank failed while {what}")

@@ -17,7 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
-from benchmark.engine.checkpoint import write_json
+from benchmark.atomic import write_json
+from benchmark.distributed import RankFailedError
 
 FAILURES = ".failures"
 # Messages of errors that a rank gets because another rank stopped, not because of its own work.
@@ -46,7 +47,7 @@ class Failure:
 
 def is_echo(error: BaseException) -> bool:
     """Whether ``error`` looks like the consequence of another rank's failure."""
-    if isinstance(error, (TerminatedError, PeerFailedError)):
+    if isinstance(error, (TerminatedError, PeerFailedError, RankFailedError)):
         return True
     text = f"{type(error).__name__}: {error}".lower()
     return "distbackenderror" in text or any(marker in text for marker in ECHO_MARKERS)

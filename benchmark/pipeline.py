@@ -7,15 +7,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from benchmark import builders, failures
+from benchmark import builders, compat, failures
+from benchmark.atomic import write_json
 from benchmark.config_checks import check_config
 from benchmark.distributed import DistContext, barrier, init_distributed, process_seed, shutdown
-from benchmark.engine.checkpoint import load_checkpoint, seed_everything, write_json
+from benchmark.engine.checkpoint import load_checkpoint, seed_everything
 from benchmark.engine.trainer import Trainer, peak_memory_mb
 from benchmark.failures import PeerFailedError
 from benchmark.models.segmentor import resolve_mode
@@ -55,6 +55,7 @@ def train(cfg: DictConfig) -> dict[str, Any] | None:
     """
     started = time.time()
     check_config(cfg)
+    compat.apply_aliases(cfg)  # PANGAEA spellings set our keys before anything reads them or saves the config
     ctx = init_distributed(cfg.device)
     run_dir: Path | None = None
     with failures.sigterm_raises():
@@ -83,6 +84,7 @@ def fit_and_test(
     """The run itself: build, train (or continue), test the best checkpoint, write ``results.json``."""
     setup_logging(ctx, run_dir / "train.log")
     log.info("Run folder %s (%d process(es) on %s, mode=%s)", run_dir, ctx.world_size, ctx.device, mode)
+    compat.log_pangaea_keys(cfg)
     if ctx.is_main:
         save_config(cfg, choices, mode, run_dir)
     seed_everything(int(cfg.seed))
@@ -98,7 +100,7 @@ def fit_and_test(
         )
         for split in ("val", "test")
     }
-    wandb_run = start_wandb(cfg, run_dir) if cfg.task.trainer.use_wandb and ctx.is_main else None
+    wandb_run = start_wandb(cfg, run_dir) if cfg.use_wandb and ctx.is_main else None
     try:
         trainer = build_trainer(cfg, ctx, run_dir, model, builders.train_loader(cfg, ctx, datasets["train"], features),
                                 evaluators["val"], wandb_run)
@@ -166,7 +168,7 @@ def build_trainer(
         grad_clip=trainer_cfg.grad_clip,
         precision=trainer_cfg.precision,
         best_metric_key=trainer_cfg.best_metric_key,
-        use_wandb=trainer_cfg.use_wandb,
+        use_wandb=cfg.use_wandb,
         wandb_run=wandb_run,
     )
 
@@ -216,6 +218,7 @@ def test(cfg: DictConfig) -> dict[str, Any]:
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} not found: ckpt_dir must be a run folder made by benchmark/run.py")
     run_cfg = merge_overrides(OmegaConf.load(config_path), list(HydraConfig.get().overrides.task))
+    check_config(run_cfg, check_work_dir=False)  # e.g. task.evaluator.inference_mode=whole given here
     # Trust comes from this command line only, never from a run folder someone handed over.
     run_cfg.trusted_pickle_files = list(cfg.trusted_pickle_files)
     ctx = init_distributed(run_cfg.device)

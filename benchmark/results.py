@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
-from benchmark.engine.checkpoint import write_json
+from benchmark.atomic import write_json
 
 SCHEMA_VERSION = 2
 RESULTS_FILE = "results.json"

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from benchmark.compat import IGNORED_KEYS
 from benchmark.distributed import DistContext, broadcast_object
 from benchmark.results import CHOICE_GROUPS, RunConfig, settings_hash
 
@@ -25,11 +26,12 @@ class RunDirError(RuntimeError):
 
 
 # Overrides that say where or how a run executes, not what it computes: they do not make a new job.
+# So do the PANGAEA keys this benchmark ignores (benchmark.compat), e.g. dataset.distribution=[0.9,0.1].
 EXECUTION_KEYS = frozenset({
     "work_dir", "run_dir", "resume", "device", "num_workers", "test_num_workers", "use_wandb",
     "wandb_project", "task.trainer.use_wandb", "task.trainer.log_interval", "task.trainer.ckpt_interval",
     "dataset.root_path", "cache", "cache_dir", "nproc_per_node", "trusted_pickle_files",
-})
+}) | IGNORED_KEYS
 # Overrides already spelled out in the run name.
 NAMED_KEYS = frozenset({"dataset", "encoder", "decoder", "mode", "finetune", "seed"})
 

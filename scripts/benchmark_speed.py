@@ -43,6 +43,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from benchmark import builders
+from benchmark.distributed import DistContext
+from benchmark.models.encoders.base import architecture_config
 from benchmark.results import RunResult, read_results
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,19 +82,13 @@ def prepare(common: Sequence[str], random_weights: bool) -> None:
     """Generate the (synthetic) data and, if asked, a random weights file before anything is timed."""
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
         cfg = compose("train", overrides=list(common))
-    for split in ("train", "val", "test"):
-        instantiate(cfg.dataset, split=split, _convert_="all")
+    builders.build_datasets(cfg, DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu")))
     weights = Path(cfg.encoder.encoder_weights)
     if random_weights and not weights.is_file():
-        encoder = instantiate(cfg.encoder, pretrained=False, _convert_="all")
-        if not hasattr(encoder, "release_wrapper"):
-            raise SystemExit(
-                f"--random-weights writes SSL4EO release layouts only; give encoder.encoder_weights=<file> "
-                f"for {type(encoder).__name__}"
-            )
-        state = {f"{encoder.release_prefix}{key}": value for key, value in encoder.state_dict().items()}
+        encoder = instantiate(architecture_config(cfg.encoder), _convert_="all")
+        layout = encoder.release_layouts[0]  # every family describes its release file
         weights.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({encoder.release_wrapper: state}, weights)
+        torch.save(layout.to_release(encoder.state_dict()), weights)
         print(f"wrote random weights (for timing only) to {weights}")
 
 

@@ -20,6 +20,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torch.utils.flop_counter import FlopCounterMode
 
+from benchmark.models.encoders.base import architecture_config
 from benchmark.models.segmentor import Segmentor, resolve_mode
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -53,7 +54,7 @@ def model_cost(
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
         cfgs = [compose("train", overrides=[*common, f"decoder={name}", *overrides]) for name in decoders]
     mode = resolve_mode(cfgs[0].mode, cfgs[0].finetune)
-    enc = instantiate(cfgs[0].encoder, pretrained=False, _convert_="all").eval()
+    enc = instantiate(architecture_config(cfgs[0].encoder), _convert_="all").eval()  # random weights, no file
     # multi-temporal encoders (Prithvi) take their configured number of frames
     frames = getattr(enc, "num_frames", 1)
     image = {m: torch.randn(1, len(bands), frames, input_size, input_size) for m, bands in enc.input_bands.items()}

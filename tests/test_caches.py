@@ -24,10 +24,11 @@ from benchmark.data.preprocessing import RandomCrop
 from benchmark.data.synthetic import SyntheticBurnScars
 from benchmark.data.windows import window_grid
 from benchmark.distributed import DistContext
-from benchmark.engine.evaluator import autocast_context, cached_window_logits, sliding_window_logits
-from benchmark.engine import feature_cache as feature_cache_module
-from benchmark.engine.feature_cache import FeatureCache, FeatureCacheError
-from benchmark.engine.trainer import resolve_precision
+from benchmark.engine import feature_key as feature_key_module
+from benchmark.engine.evaluator import cached_window_logits, sliding_window_logits
+from benchmark.engine.feature_cache import FeatureCache
+from benchmark.engine.feature_store import FeatureCacheError
+from benchmark.engine.precision import autocast_context, resolve_precision
 from conftest import REPO, run_benchmark, tiny_overrides
 from test_pipeline import tiny_weights_file
 
@@ -326,9 +327,9 @@ def test_feature_cache_is_not_reused_after_the_code_that_computes_features_chang
     key = builders.cache_key(cfg, "val")
     first = feature_cache(model, tmp_path / "features").eval_tiles(val, "val", 32, 16, key).store.directory
     assert feature_cache(model, tmp_path / "features").eval_tiles(val, "val", 32, 16, key).store.directory == first
-    real_source = feature_cache_module.module_source
+    real_source = feature_key_module.module_source
     monkeypatch.setattr(
-        feature_cache_module, "module_source",
+        feature_key_module, "module_source",
         lambda name: real_source(name) + (b"\n# edited\n" if name == edited else b""),
     )
     again = feature_cache(model, tmp_path / "features").eval_tiles(val, "val", 32, 16, key).store.directory

@@ -101,7 +101,7 @@ def test_end_to_end_with_a_tiny_ssl4eo_encoder(variant):
     torch.manual_seed(0)
     encoder = SSL4EOMAE(
         {"optical": ["B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9", "B10", "B11", "B12"]},
-        input_size=64, embed_dim=32, depth=4, num_heads=2, output_layers=[0, 1, 2, 3], pretrained=False,
+        input_size=64, embed_dim=32, depth=4, num_heads=2, output_layers=[0, 1, 2, 3],
     )
     overrides = {"drop_path_rate": 0.0} if variant == "muster" else {}  # see test_logits_shape_and_gradients
     decoder = build_decoder(variant, encoder.output_dims, patch_size=16, **overrides)

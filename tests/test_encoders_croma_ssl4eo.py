@@ -2,7 +2,7 @@
 
 Tests build each architecture from its Hydra config, write a checkpoint in the release layout
 (wrappers, prefixes and the extra networks the real file carries) from a model's own random weights,
-and load it back through ``hydra.utils.instantiate`` as the pipeline does. Nothing is downloaded.
+and load it back as the builders do (build, then ``load_pretrained``). Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import hydra.utils
 import pytest
 import torch
 import torch.nn.functional as F
@@ -20,10 +19,10 @@ from hydra.errors import InstantiationException
 from omegaconf import OmegaConf
 from torch import nn
 
-from benchmark.models.encoders.croma import alibi_2d, alibi_slopes
+from benchmark.models.encoders.croma_layers import alibi_2d, alibi_slopes
 from benchmark.models.encoders.vit import resize_pos_embed
 from benchmark.models.encoders.weights import CheckpointLayoutError
-from release_layouts import release_checkpoint
+from release_layouts import build_encoder, release_checkpoint
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "encoder"
 
@@ -40,16 +39,17 @@ TINY = {**{name: TINY_VIT for name in SSL4EO}, **{name: TINY_CROMA for name in C
 
 
 def build(name: str, pretrained: bool = False, **overrides: Any) -> nn.Module:
-    """Instantiate ``configs/encoder/<name>.yaml`` with ``overrides``, as the pipeline does."""
+    """Build ``configs/encoder/<name>.yaml`` with ``overrides`` (and load it), as the pipeline does."""
     cfg = OmegaConf.merge(OmegaConf.load(CONFIG_DIR / f"{name}.yaml"), overrides)
-    return hydra.utils.instantiate(cfg, pretrained=pretrained).eval()
+    return build_encoder(cfg, pretrained)
 
 
 def build_error(name: str, error: type[Exception], pattern: str, **overrides: Any) -> None:
-    """Building ``name`` raises ``error`` matching ``pattern`` (Hydra wraps it: check the cause)."""
-    with pytest.raises(InstantiationException) as info:
+    """Building or loading ``name`` raises ``error`` matching ``pattern`` (Hydra wraps constructor
+    errors: check the cause)."""
+    with pytest.raises((InstantiationException, error)) as info:
         build(name, **overrides)
-    cause = info.value.__cause__
+    cause = info.value.__cause__ if isinstance(info.value, InstantiationException) else info.value
     assert isinstance(cause, error), repr(cause)
     assert re.search(pattern, str(cause)), str(cause)
 

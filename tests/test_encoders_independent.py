@@ -25,13 +25,14 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
-import hydra.utils
 import pytest
 import torch
 from omegaconf import OmegaConf
 from timm.models.beit import Beit
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
+
+from release_layouts import build_encoder
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -155,7 +156,8 @@ def timm_model(name: str, num_heads: int | None = None) -> nn.Module:
 
 
 def release_file(name: str, model: nn.Module) -> dict[str, Any]:
-    """The release checkpoint of ``name`` (DESIGN §5) holding ``model``'s weights in release names."""
+    """The release checkpoint of ``name`` as the SSL4EO-S12 authors publish it, holding ``model``'s
+    weights under release names."""
     r = torch.randn
     if name == "ssl4eo_data2vec":
         encoder = rename(model.state_dict(), BEIT_RULES)
@@ -195,7 +197,7 @@ def ours(name: str, path: Path | None, **overrides: Any) -> nn.Module:
         {"input_size": SIZE, "output_layers": OUTPUT_LAYERS, "encoder_weights": str(path) if path else None},
         overrides,
     )
-    return hydra.utils.instantiate(cfg, pretrained=path is not None).eval()
+    return build_encoder(cfg, pretrained=path is not None)
 
 
 def features(

@@ -9,11 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 
 from conftest import REPO, TINY_DECODERS, TINY_ENCODERS, only_run_dir, run_benchmark, tiny_overrides
 from benchmark.engine.checkpoint import load_checkpoint
-from release_layouts import write_release_file
+from release_layouts import build_encoder, write_release_file
 
 pytestmark = pytest.mark.slow
 # Long enough for every tiny model to beat the majority class (one validation, at the end).
@@ -32,7 +31,7 @@ def release_weights(overrides: list[str], name: str, path: Path, trained_run: Pa
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
     torch.manual_seed(3)
-    encoder = instantiate(cfg.encoder, pretrained=False, _convert_="all")
+    encoder = build_encoder(cfg.encoder)
     if trained_run is not None:
         encoder.load_state_dict(load_checkpoint(trained_run / "checkpoints" / "best.pt")["model"]["encoder"])
     return write_release_file(name, encoder, path)

@@ -14,12 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from benchmark.models.segmentor import resolve_mode
 from conftest import REPO, only_run_dir, run_benchmark, tiny_overrides
-from release_layouts import write_release_file
+from release_layouts import build_encoder, write_release_file
 
 pytestmark = pytest.mark.slow
 
@@ -66,7 +65,7 @@ def tiny_weights_file(path: Path) -> Path:
     cfg = OmegaConf.load(REPO / "configs/encoder/ssl4eo_mae_optical.yaml")
     cfg = OmegaConf.merge(cfg, {"input_size": 32, "embed_dim": 32, "depth": 4, "num_heads": 2, "output_layers": [0, 1, 2, 3]})
     torch.manual_seed(1)
-    return write_release_file("ssl4eo_mae_optical", instantiate(cfg, pretrained=False), path)
+    return write_release_file("ssl4eo_mae_optical", build_encoder(cfg), path)
 
 
 def test_frozen_run_trains_only_the_decoder(synthetic_root: Path, tmp_path: Path) -> None:

@@ -240,8 +240,6 @@ def test_plots_tell_groups_that_differ_only_in_settings_apart(tmp_path: Path) ->
     assert len({line.get_label() for line in curves.axes[0].get_lines()}) == 2
     scatter = plots.miou_against_cost(groups)
     assert {t.get_text() for t in scatter.axes[0].texts} == {"optimizer.lr=(default)", "optimizer.lr=1e-3"}
-    for figure in (bars, curves, scatter):
-        plots.plt.close(figure)
 
 
 def test_an_override_equal_to_the_default_is_told_apart_by_its_settings_hash(tmp_path: Path) -> None:

@@ -67,7 +67,8 @@ def test_restart_after_a_kill_before_last_pt_leaves_the_folder_as_an_uninterrupt
     (interrupted / "metrics.jsonl").write_text(lines[0] + "\n")
     (interrupted / "checkpoints" / ".last.pt.x1y2.tmp").write_bytes(b"half a checkpoint")
 
-    run_benchmark(args + [f"run_dir={interrupted}", "resume=true"])
+    restarted_run = run_benchmark(args + [f"run_dir={interrupted}", "resume=true"])
+    assert "resume=true: no earlier checkpoint of this job, starting" in restarted_run.stdout
     epochs = [json.loads(line)["epoch"] for line in (interrupted / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2], "no epoch is logged twice"
     assert not list(interrupted.rglob(".*.tmp")), "remains of interrupted writes are removed"

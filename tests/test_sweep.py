@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 from matplotlib.image import imread
 from omegaconf import OmegaConf
 
@@ -23,7 +22,7 @@ from benchmark.report import write_report
 from benchmark.results import Cost, ResultsError, RunConfig, RunResult, completed_result, failed_result, read_results, write_results
 from benchmark.sweep import completed_run
 from conftest import REPO, run_benchmark, tiny_overrides
-from release_layouts import write_release_file
+from release_layouts import build_encoder, write_release_file
 
 DECODERS = ["seg_linear", "seg_fcn", "seg_upernet", "seg_segformer", "seg_muster"]
 
@@ -49,7 +48,7 @@ def sweep_args(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -
     folder = tmp_path_factory.mktemp("sweep")
     base = tiny_overrides(synthetic_root, folder / "work_dir")
     torch.manual_seed(0)
-    encoder = instantiate(compose_sweep(base).encoder, pretrained=False, _convert_="all")
+    encoder = build_encoder(compose_sweep(base).encoder)
     weights = write_release_file("ssl4eo_mae_optical", encoder, folder / "mae.pth")
     return ["experiment=modes", *base, f"encoder.encoder_weights={weights}", "mode=frozen,random", "decoder=seg_fcn,seg_upernet", "seed=0,1"]
 

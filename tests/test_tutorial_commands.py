@@ -19,11 +19,10 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 
 from benchmark.data.synthetic import generate_burn_scars
 from conftest import REPO
-from release_layouts import write_release_file
+from release_layouts import build_encoder, write_release_file
 
 pytestmark = [pytest.mark.slow, pytest.mark.tutorial]
 
@@ -52,7 +51,7 @@ def release_weights(encoder: str, folder: Path) -> Path:
         cfg = compose(config_name="train", overrides=["dataset=hlsburnscars", f"encoder={encoder}"])
     file, layout = RELEASE_FILES[encoder]
     torch.manual_seed(0)
-    return write_release_file(encoder, instantiate(cfg.encoder, pretrained=False, _convert_="all"), folder / file, layout)
+    return write_release_file(encoder, build_encoder(cfg.encoder), folder / file, layout)
 
 
 @pytest.fixture(scope="module")

@@ -130,8 +130,8 @@ class HLSBurnScars(Dataset):
         cache_dir: folder where decoded scenes are kept (:class:`~benchmark.data.raster_cache.RasterCache`),
             so that each GeoTIFF is decoded once, and where the start-up check remembers what it learnt of
             each file (``checks/``); None decodes them on every read and checks every file at every build.
-        Other keys of the PANGAEA config (``dataset_name``, ``img_size``, ``multi_temporal``,
-        ``multi_modal``, ``distribution``) are accepted and kept as attributes.
+
+    The other keys of PANGAEA's dataset config never reach this class (see :mod:`benchmark.compat`).
     """
 
     def __init__(
@@ -148,11 +148,6 @@ class HLSBurnScars(Dataset):
         auto_download: bool = True,
         val_fraction: float = 0.1,
         split_seed: int = 23,
-        dataset_name: str = "HLSBurnScars",
-        img_size: int = 512,
-        multi_temporal: bool | int = False,
-        multi_modal: bool = False,
-        distribution: Sequence[float] | None = None,
         cache_dir: str | None = None,
     ) -> None:
         if split not in SPLIT_FOLDERS:
@@ -165,11 +160,6 @@ class HLSBurnScars(Dataset):
         self.ignore_index = int(ignore_index)
         self.num_classes = int(num_classes)
         self.classes = list(classes)
-        self.dataset_name = dataset_name
-        self.img_size = int(img_size)
-        self.multi_temporal = multi_temporal
-        self.multi_modal = multi_modal
-        self.distribution = list(distribution) if distribution is not None else None
         self.download_url = download_url
         self.raster_cache = RasterCache(cache_dir) if cache_dir else None
         self.check_config()

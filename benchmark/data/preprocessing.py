@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from benchmark.data.bands import canonical_band_dict
-from benchmark.data.windows import window_grid, window_starts
+from benchmark.data.windows import pad_to_window, window_grid, window_starts
 
 log = logging.getLogger(__name__)
 
@@ -189,12 +189,11 @@ class Resize:
 
 
 def pad_to(sample: Sample, size: int, ignore_index: int) -> Sample:
-    """Pad image and target at the bottom/right so that both sides are at least ``size``."""
-    h, w = sample["target"].shape
-    pad_h, pad_w = max(0, size - h), max(0, size - w)
-    if pad_h or pad_w:
-        sample["image"] = {m: F.pad(x, (0, pad_w, 0, pad_h)) for m, x in sample["image"].items()}
-        sample["target"] = F.pad(sample["target"], (0, pad_w, 0, pad_h), value=ignore_index)
+    """Pad image (with 0) and target (with ``ignore_index``) at the bottom/right so that both sides are at
+    least ``size``; the sample is updated in place only when it needs padding."""
+    if min(sample["target"].shape) < size:
+        sample["image"] = {m: pad_to_window(x, size) for m, x in sample["image"].items()}
+        sample["target"] = pad_to_window(sample["target"], size, ignore_index)
     return sample
 
 

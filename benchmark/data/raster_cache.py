@@ -14,12 +14,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
+
+from benchmark.atomic import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -48,21 +48,9 @@ class RasterCache:
         except (OSError, ValueError, EOFError) as error:
             log.warning("Raster cache entry %s is unreadable (%s): decoding %s again", entry, error, path)
         array = decode(path)
-        write_atomically(entry, lambda handle: np.save(handle, array))
+        # not fsynced: an entry lost in a crash is unreadable, and then decoded again
+        write_atomically(entry, lambda handle: np.save(handle, array), durable=False)
         return array
-
-
-def write_atomically(path: Path, write: Callable[[Any], None]) -> None:
-    """``write(binary handle)`` into a temporary file of ``path``'s folder, then rename it to ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class FactsMemo:
@@ -101,4 +89,4 @@ class FactsMemo:
         merged = {k: v for k, v in self.read().items() if k in keys or k.split("|")[0] not in paths}
         merged.update(new)
         payload = json.dumps({"version": self.version, "entries": merged}).encode()
-        write_atomically(self.path, lambda handle: handle.write(payload))
+        write_atomically(self.path, lambda handle: handle.write(payload), durable=False)

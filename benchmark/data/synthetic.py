@@ -139,11 +139,14 @@ class SyntheticBurnScars(HLSBurnScars):
         Other arguments as :class:`HLSBurnScars`.
     """
 
-    def __init__(self, *args: Any, num_train: int = 120, num_test: int = 40, generator_seed: int = 0, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, num_train: int = 120, num_test: int = 40, img_size: int = 512, generator_seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
         self.generator_settings = {
             "num_train": int(num_train),
             "num_test": int(num_test),
-            "img_size": int(kwargs.get("img_size", 512)),
+            "img_size": int(img_size),
             "seed": int(generator_seed),
         }
         super().__init__(*args, **kwargs)

@@ -2,37 +2,21 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from benchmark.data.windows import window_grid
+from benchmark.data.windows import pad_to_window, padded_size, window_grid
 from benchmark.distributed import DistContext, all_reduce_sum
 from benchmark.engine.metrics import confusion_matrix_metric, segmentation_metrics
+from benchmark.engine.precision import autocast_context, to_device
 
 log = logging.getLogger(__name__)
 
 Model = Callable[[dict[str, torch.Tensor], tuple[int, int]], torch.Tensor]
-
-
-def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast for ``precision == "bf16"`` (CUDA or CPU); full precision otherwise."""
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    """The model inputs of a batch on ``device``: ``image`` (a dict of modalities) or, from the feature
-    cache, ``features`` (a list of encoder outputs, stored in half precision, returned as float32)."""
-    if "features" in batch:
-        return {"features": [f.to(device, non_blocking=True).float() for f in batch["features"]]}
-    return {"image": {m: x.to(device, non_blocking=True) for m, x in batch["image"].items()}}
 
 
 def blend_windows(
@@ -52,7 +36,7 @@ def blend_windows(
     (all B tiles of the first window, then the next): ``(len(ks) * B, K, window, window)``. Windows go
     in chunks of ``batch_size // B``. Tiles smaller than the window are padded, the logits cropped.
     """
-    ph, pw = max(height, window), max(width, window)
+    ph, pw = padded_size(height, width, window)
     logits = torch.zeros((tiles, num_classes, ph, pw), device=device)
     counts = torch.zeros((1, 1, ph, pw), device=device)
     per_call = max(1, batch_size // tiles)
@@ -79,9 +63,7 @@ def sliding_window_logits(
     """
     reference = next(iter(image.values()))
     b, h, w = reference.shape[0], reference.shape[-2], reference.shape[-1]
-    pad_h, pad_w = max(0, window - h), max(0, window - w)
-    if pad_h or pad_w:
-        image = {m: F.pad(x, (0, pad_w, 0, pad_h)) for m, x in image.items()}
+    image = {m: pad_to_window(x, window) for m, x in image.items()}
     positions = window_grid(h, w, window, stride)
 
     def predict(ks: range) -> torch.Tensor:

@@ -15,11 +15,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from benchmark.atomic import remove_interrupted_writes
 from benchmark.distributed import DistContext, all_gather_object, all_reduce_max
-from benchmark.engine.checkpoint import (
-    load_checkpoint, remove_interrupted_writes, restore_rng_state, rng_state, save_checkpoint,
-)
-from benchmark.engine.evaluator import Evaluator, autocast_context, to_device
+from benchmark.engine.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from benchmark.engine.evaluator import Evaluator
+from benchmark.engine.precision import autocast_context, resolve_precision, to_device
 from benchmark.models.segmentor import Segmentor
 
 log = logging.getLogger(__name__)
@@ -31,15 +31,6 @@ class ResumeError(RuntimeError):
 
 class NonFiniteLossError(FloatingPointError):
     """The loss or the gradients became NaN or infinite."""
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` means bf16 on CUDA and fp32 on CPU."""
-    if precision not in ("auto", "fp32", "bf16"):
-        raise ValueError(f"task.trainer.precision must be auto, fp32 or bf16, got {precision!r}")
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    return precision
 
 
 def peak_memory_mb(device: torch.device) -> float:

@@ -1,4 +1,6 @@
-"""Encoder + decoder + training mode (DESIGN §3)."""
+"""Encoder + decoder + training mode: ``frozen`` (pretrained encoder, only the decoder trains),
+``unfrozen`` (pretrained encoder, everything trains) or ``random`` (same architecture, random init,
+everything trains); PANGAEA's ``finetune`` flag is accepted as an alias."""
 
 from __future__ import annotations
 

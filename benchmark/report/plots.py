@@ -2,6 +2,9 @@
 
 Groups that share dataset, encoder, decoder and mode but differ in settings (``Group.label``) get
 bars, lines and points of their own, named by those settings.
+
+Figures are built as :class:`matplotlib.figure.Figure` objects, without pyplot: no GUI backend is chosen
+or needed (``savefig`` renders with Agg), and figures are freed when dropped (pyplot never holds them).
 """
 
 from __future__ import annotations
@@ -12,17 +15,13 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-import matplotlib
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
-from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter  # noqa: E402
-
-from benchmark.report.runs import ORDER, Group  # noqa: E402
-from benchmark.report.tables import cost, count, mean_std, metric  # noqa: E402
+from benchmark.report.runs import ORDER, Group
+from benchmark.report.tables import cost, count, mean_std, metric
 
 MODE_MARKERS = {"frozen": "o", "unfrozen": "s", "random": "^"}
 test_miou = metric("test", "mIoU")
@@ -41,7 +40,8 @@ def panels(keys: Sequence[Any], width: float = 5.5, height: float = 3.8) -> tupl
     """A figure with one axes per key (at most 3 per row)."""
     ncols = min(3, len(keys))
     nrows = math.ceil(len(keys) / ncols)
-    figure, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False, layout="constrained")
+    figure = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
+    axes = figure.subplots(nrows, ncols, squeeze=False)
     flat = list(axes.flat)
     for extra in flat[len(keys):]:
         extra.set_visible(False)
@@ -50,7 +50,6 @@ def panels(keys: Sequence[Any], width: float = 5.5, height: float = 3.8) -> tupl
 
 def save(figure: Figure, path: Path) -> None:
     figure.savefig(path, dpi=90)
-    plt.close(figure)
 
 
 def mode_rank(mode: str) -> int:
@@ -134,7 +133,8 @@ def miou_against_cost(groups: Sequence[Group]) -> Figure:
     with their settings where groups differ in them.
     """
     datasets = list(dict.fromkeys(g.config.dataset for g in groups))
-    figure, axes = plt.subplots(len(datasets), 2, figsize=(12, 4.2 * len(datasets)), squeeze=False, layout="constrained")
+    figure = Figure(figsize=(12, 4.2 * len(datasets)), layout="constrained")
+    axes = figure.subplots(len(datasets), 2, squeeze=False)
     colours = {d: f"C{i % 10}" for i, d in enumerate(dict.fromkeys(g.config.decoder for g in groups))}
     several_encoders = len({g.config.encoder for g in groups}) > 1
     axes_kinds = (("train_time_s", "training time (s)", "{:g}".format), ("trainable_params", "trainable parameters", count))

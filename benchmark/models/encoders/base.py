@@ -1,24 +1,43 @@
-"""The encoder contract shared by every family (DESIGN §3)."""
+"""The contract every encoder family follows, and the split of an encoder config into architecture
+and weights file.
+
+An encoder takes ``{modality: (B, C, T, H, W)}`` images and returns one (B, C_i, h, w) map per
+requested block. Constructing it only builds the module; the release weights are loaded afterwards
+by :func:`benchmark.models.encoders.weights.load_pretrained` (skipped in ``mode=random``).
+"""
 
 from __future__ import annotations
 
-import logging
 from typing import Any, Mapping, Sequence
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from benchmark.data.bands import canonical_band_dict
-from benchmark.models.encoders.weights import load_release_weights, resolve_weights_file
+from benchmark.models.encoders.layout import ReleaseLayout, drop_keys
 
-log = logging.getLogger(__name__)
+# Keys of an encoder config (configs/encoder/*.yaml) that say where the release file is, not what to
+# build: the builder reads them to load the weights; the constructor never sees them.
+WEIGHTS_KEYS = ("encoder_weights", "download_url")
+
+
+def architecture_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The constructor's part of an encoder config: ``config`` resolved, without :data:`WEIGHTS_KEYS`.
+
+    ``hydra.utils.instantiate`` it to build the encoder (no file is read).
+    """
+    if isinstance(config, DictConfig):
+        config = OmegaConf.to_container(config, resolve=True)
+    return {key: value for key, value in config.items() if key not in WEIGHTS_KEYS}
 
 
 class Encoder(nn.Module):
     """Base class of all encoders.
 
-    Subclasses build their layers in ``__init__``, then call :meth:`init_pretrained`, and implement
-    :meth:`forward` and :meth:`convert_release_checkpoint`.
+    Subclasses build their layers in ``__init__`` (and nothing else: no file is read there), implement
+    :meth:`forward`, and describe their release file(s) in :attr:`release_layouts`; they override
+    :meth:`unbuilt_prefixes` and :meth:`from_release` where the file needs more than renaming.
 
     Attributes:
         input_bands: ``{modality: [band, ...]}`` in the order the model expects.
@@ -26,10 +45,10 @@ class Encoder(nn.Module):
         patch_size: pixels per token side.
         output_layers: 0-based block indices whose outputs are returned.
         output_dims: channels of each returned map.
-        multi_temporal: whether the encoder consumes T > 1 frames itself.
+        release_layouts: the layouts of the family's release files, tried in order.
     """
 
-    multi_temporal: bool = False
+    release_layouts: tuple[ReleaseLayout, ...] = ()
 
     def __init__(
         self,
@@ -54,27 +73,20 @@ class Encoder(nn.Module):
         side = self.input_size // self.patch_size
         return side, side
 
-    def init_pretrained(
-        self,
-        pretrained: bool,
-        encoder_weights: str | None,
-        download_url: str | None,
-    ) -> None:
-        """Load the release checkpoint strictly when ``pretrained``; otherwise keep random init."""
-        if not pretrained:
-            log.info("%s: random initialisation (mode=random), no weights file read", type(self).__name__)
-            return
-        path = resolve_weights_file(encoder_weights, download_url)
-        load_release_weights(self, path)
+    def unbuilt_prefixes(self) -> tuple[str, ...]:
+        """State-dict prefixes of the release's modules that this configuration does not build (blocks
+        past the deepest requested output, another sensor's encoder): their weights are not loaded."""
+        return ()
 
-    def convert_release_checkpoint(self, checkpoint: Any) -> dict[str, torch.Tensor]:
-        """Turn the object stored in the release file into this module's state_dict naming.
+    def from_release(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The release's encoder weights (renamed by the layout) made loadable into this configuration.
 
-        Unwraps the family's layout, drops the keys a release file is known to carry besides the
-        encoder (decoders, heads, momentum encoders) and applies the documented adaptations. Raises
-        :class:`~benchmark.models.encoders.weights.CheckpointLayoutError` on a foreign layout.
+        Drops the weights of unbuilt modules; families extend it with their documented, logged
+        adaptations (position tables for another grid or frame count) and raise
+        :class:`~benchmark.models.encoders.layout.CheckpointLayoutError` for a file made for other
+        bands or sizes.
         """
-        raise NotImplementedError
+        return drop_keys(state_dict, self.unbuilt_prefixes())
 
     def forward(self, image: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """``image[modality]`` is (B, C, T, H, W); returns one (B, C_i, h, w) map per output layer."""

@@ -6,167 +6,31 @@ Release files: https://huggingface.co/antofuller/CROMA (``CROMA_base.pt``, ``CRO
 
 from __future__ import annotations
 
-import math
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from benchmark.models.encoders.base import Encoder
-from benchmark.models.encoders.vit import collect_block_outputs, single_frame
-from benchmark.models.encoders.weights import CheckpointLayoutError, check_band_count, unwrap
+from benchmark.models.encoders.croma_layers import Transformer, ViT, alibi_2d
+from benchmark.models.encoders.layout import CheckpointLayoutError, ReleaseLayout, check_band_count
+from benchmark.models.encoders.vit import blocks_to_build, collect_block_outputs, single_frame, unbuilt_blocks
 
 # size -> (token dim, optical encoder depth); the SAR encoder and the cross-encoder have half the depth.
 SIZES = {"base": (768, 12), "large": (1024, 24)}
 
 # Release sub-state-dict (and our attribute) holding each modality's encoder.
 MODALITY_ENCODERS = {"optical": "s2_encoder", "sar": "s1_encoder"}
+NETWORKS = ("s1_encoder", "s2_encoder", "joint_encoder")
 
-RELEASE_LAYOUT = "a CROMA checkpoint (dict of s1_encoder / s2_encoder / joint_encoder state_dicts)"
-
-
-def alibi_slopes(num_heads: int) -> list[float]:
-    """Per-head ALiBi slopes (Press et al. 2022).
-
-    For a power of two n: the geometric sequence 2^(-8/n), 2^(-16/n), ...; otherwise the slopes of the
-    power of two below, then every other slope of the power of two above.
-    """
-    if math.log2(num_heads).is_integer():
-        start = 2 ** (-8 / num_heads)
-        return [start ** (i + 1) for i in range(num_heads)]
-    lower = 2 ** math.floor(math.log2(num_heads))
-    return alibi_slopes(lower) + alibi_slopes(2 * lower)[0::2][: num_heads - lower]
-
-
-def alibi_2d(grid_hw: tuple[int, int], num_heads: int) -> torch.Tensor:
-    """CROMA's 2-D ALiBi bias (1, heads, h*w, h*w): -slope x Euclidean distance between patch centres.
-
-    Distances are in patches, tokens in row-major order (the order :func:`patchify` produces).
-    """
-    h, w = grid_hw
-    rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-    centres = torch.stack([rows.flatten(), cols.flatten()], dim=1).double()
-    distance = torch.cdist(centres, centres, compute_mode="donot_use_mm_for_euclid_dist")
-    slopes = torch.tensor(alibi_slopes(num_heads), dtype=torch.float64)
-    return (-slopes[:, None, None] * distance).unsqueeze(0).float()
-
-
-def patchify(image: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """(B, C, H, W) -> (B, h*w, C*p*p): each patch flattened in (channel, row, col) order."""
-    b, c, height, width = image.shape
-    h, w = height // patch_size, width // patch_size
-    x = image.reshape(b, c, h, patch_size, w, patch_size)
-    return x.permute(0, 2, 4, 1, 3, 5).reshape(b, h * w, c * patch_size * patch_size)
-
-
-def attend(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, num_heads: int
-) -> torch.Tensor:
-    """Multi-head softmax attention with an additive bias (1, heads, N, M); (B, N|M, D) in, (B, N, D) out."""
-    b, n, d = q.shape
-    q, k, v = (t.reshape(b, -1, num_heads, d // num_heads).transpose(1, 2) for t in (q, k, v))
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
-    return out.transpose(1, 2).reshape(b, n, d)
-
-
-class Attention(nn.Module):
-    """Pre-norm self-attention: ``input_norm``, bias-free ``to_qkv``, ``to_out`` with bias."""
-
-    def __init__(self, dim: int, num_heads: int) -> None:
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
-        self.num_heads = num_heads
-        self.input_norm = nn.LayerNorm(dim)
-        self.to_qkv = nn.Linear(dim, 3 * dim, bias=False)
-        self.to_out = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor) -> torch.Tensor:
-        q, k, v = self.to_qkv(self.input_norm(x)).chunk(3, dim=-1)
-        return self.to_out(attend(q, k, v, attn_bias, self.num_heads))
-
-
-class CrossAttention(nn.Module):
-    """Pre-norm cross-attention from ``x`` to ``context``; one ``input_norm`` normalises both."""
-
-    def __init__(self, dim: int, num_heads: int) -> None:
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
-        self.num_heads = num_heads
-        self.input_norm = nn.LayerNorm(dim)
-        self.to_q = nn.Linear(dim, dim, bias=False)
-        self.to_k = nn.Linear(dim, dim, bias=False)
-        self.to_v = nn.Linear(dim, dim, bias=False)
-        self.to_out = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor, context: torch.Tensor, attn_bias: torch.Tensor) -> torch.Tensor:
-        x, context = self.input_norm(x), self.input_norm(context)
-        out = attend(self.to_q(x), self.to_k(context), self.to_v(context), attn_bias, self.num_heads)
-        return self.to_out(out)
-
-
-class FeedForward(nn.Module):
-    """Pre-norm MLP: ``input_norm``, Linear dim -> 4 dim, GELU, Linear back."""
-
-    def __init__(self, dim: int, mult: int = 4) -> None:
-        super().__init__()
-        self.input_norm = nn.LayerNorm(dim)
-        # The release's net.2 is a Dropout(0); the Identity keeps the second Linear at net.3 as in the file.
-        self.net = nn.Sequential(
-            nn.Linear(dim, mult * dim), nn.GELU(), nn.Identity(), nn.Linear(mult * dim, dim)
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(self.input_norm(x))
-
-
-class Layer(nn.ModuleList):
-    """One residual layer: [self-attention, (cross-attention,) feed-forward], children 0, 1(, 2)."""
-
-    def __init__(self, dim: int, num_heads: int, cross: bool) -> None:
-        cross_attention = [CrossAttention(dim, num_heads)] if cross else []
-        super().__init__([Attention(dim, num_heads), *cross_attention, FeedForward(dim)])
-
-    def forward(
-        self, x: torch.Tensor, attn_bias: torch.Tensor, context: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        x = x + self[0](x, attn_bias)
-        if len(self) == 3:
-            x = x + self[1](x, context, attn_bias)
-        return x + self[-1](x)
-
-
-class Transformer(nn.Module):
-    """``layers`` of :class:`Layer` and the final LayerNorm ``norm_out`` (release names)."""
-
-    def __init__(self, dim: int, depth: int, num_heads: int, cross: bool = False) -> None:
-        super().__init__()
-        self.layers = nn.ModuleList(Layer(dim, num_heads, cross) for _ in range(depth))
-        self.norm_out = nn.LayerNorm(dim)
-
-    def forward(
-        self, x: torch.Tensor, attn_bias: torch.Tensor, context: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """All layers, then ``norm_out``: the encodings the release's cross-encoder consumes."""
-        for layer in self.layers:
-            x = layer(x, attn_bias, context)
-        return self.norm_out(x)
-
-
-class ViT(nn.Module):
-    """One sensor's encoder: ``linear_input`` over flattened 8x8 patches, then a :class:`Transformer`."""
-
-    def __init__(self, in_channels: int, patch_size: int, dim: int, depth: int, num_heads: int) -> None:
-        super().__init__()
-        self.patch_size = patch_size
-        self.linear_input = nn.Linear(in_channels * patch_size * patch_size, dim)
-        self.transformer = Transformer(dim, depth, num_heads)
-
-    def embed(self, image: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> tokens (B, h*w, dim)."""
-        return self.linear_input(patchify(image, self.patch_size))
+# CROMA_base.pt / CROMA_large.pt: one sub-state-dict per network, named as our attributes, beside the
+# pooled-representation heads of pretraining.
+RELEASE_LAYOUT = ReleaseLayout(
+    name="CROMA",
+    summary="dict of s1_encoder / s2_encoder / joint_encoder state_dicts",
+    signature=("s1_encoder", "s2_encoder"),
+    rules=tuple((f"{network}/", f"{network}.") for network in NETWORKS),
+    ignored=("s1_GAP_FFN/", "s2_GAP_FFN/"),
+)
 
 
 class CROMA(Encoder):
@@ -190,9 +54,9 @@ class CROMA(Encoder):
         output_layers: 0-based layers (of the output encoder) whose outputs are returned.
         embed_dim, depth: override the size's token dim and optical depth (SAR and cross: half).
         num_heads: attention heads (16 in both releases).
-        encoder_weights: path of ``CROMA_<size>.pt``; download_url: where to fetch it when missing.
-        pretrained: load ``encoder_weights`` (False for ``mode=random``).
     """
+
+    release_layouts = (RELEASE_LAYOUT,)
 
     def __init__(
         self,
@@ -204,9 +68,6 @@ class CROMA(Encoder):
         embed_dim: int | None = None,
         depth: int | None = None,
         num_heads: int = 16,
-        encoder_weights: str | None = None,
-        download_url: str | None = None,
-        pretrained: bool = True,
     ) -> None:
         if size not in SIZES:
             raise ValueError(f"CROMA size must be one of {list(SIZES)}, got {size!r}")
@@ -228,12 +89,7 @@ class CROMA(Encoder):
         full_depth = {"optical": optical_depth, "sar": optical_depth // 2}
         self.output_depth = optical_depth // 2 if self.joint else full_depth[modalities[0]]
         output_name = "cross-encoder" if self.joint else f"{modalities[0]} encoder"
-        if max(self.output_layers) >= self.output_depth:
-            raise ValueError(
-                f"output_layers {self.output_layers} exceed the {self.output_depth} layers of the "
-                f"CROMA-{size} {output_name}; use indices 0..{self.output_depth - 1}"
-            )
-        built = max(self.output_layers) + 1
+        built = blocks_to_build(self.output_layers, self.output_depth, f"CROMA-{size} {output_name}")
         for modality in modalities:
             encoder = ViT(
                 len(self.input_bands[modality]),
@@ -253,18 +109,20 @@ class CROMA(Encoder):
         self.num_heads = num_heads
         # Cached for the configured grid; other grids get theirs computed in forward.
         self.register_buffer("attn_bias", alibi_2d(self.grid_size, num_heads), persistent=False)
-        self.init_pretrained(pretrained, encoder_weights, download_url)
 
     @property
     def output_transformer(self) -> Transformer:
         return self.get_submodule(self.output_path)
 
-    def convert_release_checkpoint(self, checkpoint: Any) -> dict[str, torch.Tensor]:
-        """Prefix each needed sub-state-dict with its name; drop GAP heads and layers not built here."""
-        state_dict: dict[str, torch.Tensor] = {}
-        for part, _ in self.named_children():  # each child is one release sub-state-dict
-            for key, value in unwrap(checkpoint, part, RELEASE_LAYOUT).items():
-                state_dict[f"{part}.{key}"] = value
+    def unbuilt_prefixes(self) -> tuple[str, ...]:
+        """The networks this variant does not use, and output layers past the deepest requested one."""
+        absent = tuple(f"{network}." for network in NETWORKS if not hasattr(self, network))
+        built = len(self.output_transformer.layers)
+        return absent + unbuilt_blocks(f"{self.output_path}.layers.", built, self.output_depth)
+
+    def from_release(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Checks that the file's sensor encoders have this size and these bands."""
+        state_dict = super().from_release(state_dict)
         for modality, bands in self.input_bands.items():
             weight = state_dict.get(f"{MODALITY_ENCODERS[modality]}.linear_input.weight")
             if weight is None:
@@ -276,9 +134,7 @@ class CROMA(Encoder):
                     "file (CROMA_base.pt: base, CROMA_large.pt: large)."
                 )
             check_band_count(weight.shape[1] // self.patch_size**2, bands, f"CROMA {modality}")
-        built = len(self.output_transformer.layers)
-        unbuilt = tuple(f"{self.output_path}.layers.{i}." for i in range(built, self.output_depth))
-        return {key: value for key, value in state_dict.items() if not key.startswith(unbuilt)}
+        return state_dict
 
     def _bias_for(self, grid: tuple[int, int]) -> torch.Tensor:
         if grid == self.grid_size:

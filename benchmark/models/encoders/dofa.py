@@ -6,7 +6,7 @@ bands, so one set of weights takes any band list. Release: https://huggingface.c
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -15,22 +15,31 @@ from torch import nn
 
 from benchmark.data.bands import wavelengths_um
 from benchmark.models.encoders.base import Encoder
+from benchmark.models.encoders.layout import ReleaseLayout
 from benchmark.models.encoders.vit import (
     adapt_pos_embed,
+    blocks_to_build,
     collect_block_outputs,
     resize_pos_embed,
     sincos_1d,
     sincos_pos_embed_2d,
     single_frame,
+    unbuilt_blocks,
 )
-from benchmark.models.encoders.weights import drop_keys, unwrap
 
 WAVE_DIM = 128  # width of the wavelength embedding and of the weight-generator transformer
 NUM_WEIGHT_TOKENS = 128  # learned query tokens of the weight generator
 KERNEL_SCALE = 0.01  # the release scales generated kernels and bias down by this factor
 MODALITY_ORDER = ("optical", "sar")  # bands are stacked in this order (SAR after optical)
-RELEASE_EXTRA_PREFIXES = ("mask_token", "projector.")  # pretraining-only keys of the release file
-LAYOUT_KEY = "patch_embed.weight_generator.weight_tokens"
+
+# DOFA_ViT_base_e100.pth: the model's own flat state_dict; the mask token and projector were used in
+# pretraining only.
+RELEASE_LAYOUT = ReleaseLayout(
+    name="DOFA",
+    summary="flat state_dict with patch_embed.weight_generator",
+    signature=("patch_embed.weight_generator.weight_tokens",),
+    ignored=("mask_token", "projector."),
+)
 
 
 class WavelengthMLP(nn.Module):
@@ -95,8 +104,8 @@ class DOFA(Encoder):
     """DOFA ViT: dynamic patch embedding, cls token, fixed 2-D sin-cos ``pos_embed``, timm blocks.
 
     Features are the raw block outputs, except the last block's, which goes through the release's
-    final LayerNorm (as in PANGAEA). Release layout: a flat state_dict, no prefix; ``mask_token`` and
-    ``projector.*`` (pretraining only) are ignored.
+    final LayerNorm (as in PANGAEA). Release layout: :data:`RELEASE_LAYOUT`; a ``pos_embed`` for
+    another grid is interpolated (logged).
 
     Args:
         input_bands: ``{modality: [bands]}``, ``optical`` and/or ``sar``: usually the dataset's own
@@ -106,9 +115,9 @@ class DOFA(Encoder):
         patch_size: patch side in pixels.
         embed_dim, depth, num_heads, mlp_ratio: transformer shape (ViT-B: 768, 12, 12, 4).
         output_layers: 0-based blocks whose outputs are returned; only blocks up to the last are built.
-        encoder_weights: path of the release file; download_url: where to fetch it when missing.
-        pretrained: load ``encoder_weights`` (False for ``mode=random``).
     """
+
+    release_layouts = (RELEASE_LAYOUT,)
 
     def __init__(
         self,
@@ -120,16 +129,11 @@ class DOFA(Encoder):
         num_heads: int = 12,
         mlp_ratio: float = 4.0,
         output_layers: Sequence[int] = (3, 5, 7, 11),
-        encoder_weights: str | None = None,
-        download_url: str | None = None,
-        pretrained: bool = True,
     ) -> None:
         super().__init__(input_bands, input_size, patch_size, output_layers, [embed_dim] * len(output_layers))
         unknown = sorted(set(self.input_bands) - set(MODALITY_ORDER))
         if unknown:
             raise ValueError(f"DOFA takes optical and sar bands, not modalities {unknown}; fix input_bands")
-        if max(self.output_layers) >= depth:
-            raise ValueError(f"output_layers {self.output_layers} exceed depth {depth}")
         self.modalities = [m for m in MODALITY_ORDER if self.input_bands.get(m)]
         bands = [band for m in self.modalities for band in self.input_bands[m]]
         if not bands:
@@ -146,12 +150,11 @@ class DOFA(Encoder):
         norm_layer = partial(nn.LayerNorm, eps=1e-6)
         self.blocks = nn.ModuleList(
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer)
-            for _ in range(max(self.output_layers) + 1)
+            for _ in range(blocks_to_build(self.output_layers, depth, "DOFA encoder"))
         )
         # The final LayerNorm follows the last block of the full model: without that block it is unused.
         self.norm = norm_layer(embed_dim) if len(self.blocks) == depth else None
         self._init_weights()
-        self.init_pretrained(pretrained, encoder_weights, download_url)
 
     def _init_weights(self) -> None:
         """The release's initialisation, which matters for ``mode=random``."""
@@ -164,12 +167,12 @@ class DOFA(Encoder):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.constant_(module.bias, 0.01)
 
-    def convert_release_checkpoint(self, checkpoint: Any) -> dict[str, torch.Tensor]:
-        unwrap(checkpoint, LAYOUT_KEY, "a DOFA checkpoint (flat state_dict)")  # checks the layout only
-        unused = [f"blocks.{i}." for i in range(len(self.blocks), self.depth)]
-        if self.norm is None:
-            unused.append("norm.")
-        state_dict = drop_keys(checkpoint, (*RELEASE_EXTRA_PREFIXES, *unused))
+    def unbuilt_prefixes(self) -> tuple[str, ...]:
+        unbuilt = unbuilt_blocks("blocks.", len(self.blocks), self.depth)
+        return unbuilt if self.norm is not None else (*unbuilt, "norm.")
+
+    def from_release(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        state_dict = super().from_release(state_dict)
         adapt_pos_embed(state_dict, "pos_embed", self.grid_size, 1, type(self).__name__)
         return state_dict
 

@@ -7,22 +7,39 @@ from __future__ import annotations
 
 import logging
 from functools import partial
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import torch
 from timm.models.vision_transformer import Block
 from torch import nn
 
 from benchmark.models.encoders.base import Encoder
-from benchmark.models.encoders.vit import collect_block_outputs, sincos_pos_embed_3d
-from benchmark.models.encoders.weights import CheckpointLayoutError, drop_keys, strip_prefix, unwrap
+from benchmark.models.encoders.layout import CheckpointLayoutError, ReleaseLayout, drop_keys
+from benchmark.models.encoders.vit import (
+    blocks_to_build,
+    collect_block_outputs,
+    sincos_pos_embed_3d,
+    unbuilt_blocks,
+)
 
 log = logging.getLogger(__name__)
 
-PATCH_KEY = "patch_embed.proj.weight"
-ENCODER_PREFIX = "encoder."  # newer layout (TerraTorch PrithviMAE): encoder.* and decoder.*
-# Flat (original MAE) layout: MAE decoder and mask token; both layouts: the pre-decoder norm.
-MAE_EXTRA_PREFIXES = ("decoder_", "mask_token", "norm.")
+# The original MAE file (Prithvi_100M.pt): one flat state_dict; the MAE decoder, its mask token and the
+# pre-decoder norm are not part of the encoder.
+FLAT_LAYOUT = ReleaseLayout(
+    name="Prithvi MAE",
+    summary="flat, 3-D patch embedding",
+    signature=("patch_embed.proj.weight",),
+    ignored=("decoder_", "mask_token", "norm."),
+)
+# The newer files (TerraTorch PrithviMAE, Prithvi-EO-2.0): encoder.* and decoder.*.
+PREFIXED_LAYOUT = ReleaseLayout(
+    name="Prithvi MAE",
+    summary="encoder.-prefixed",
+    signature=("encoder.patch_embed.proj.weight",),
+    rules=(("encoder.", ""),),
+    ignored=("encoder.norm.", "encoder.mask_token", "decoder."),
+)
 # Date / location embeddings of the "-TL" releases: this encoder takes no coordinates.
 COORDS_PREFIXES = ("temporal_embed_enc.", "location_embed_enc.")
 
@@ -48,10 +65,9 @@ class Prithvi(Encoder):
     lets its decoder reduce T; folding keeps the (B, C, h, w) encoder contract and lets the decoder's
     first layer learn the same per-frame weighting.) For T=1 a map is (B, embed_dim, h, w).
 
-    Release layouts: the original flat MAE state_dict (``decoder_*``, ``mask_token`` and ``norm.*``
-    ignored) and the newer one with ``encoder.`` / ``decoder.`` prefixes. The release ``pos_embed`` is
-    a fixed (not learned) table for 3 (v1) or 4 (v2) frames at 224 px; for another frame count or grid
-    it is recomputed, as PANGAEA and TerraTorch do.
+    Release layouts: :data:`FLAT_LAYOUT` (the original MAE file) and :data:`PREFIXED_LAYOUT`. The
+    release ``pos_embed`` is a fixed (not learned) table for 3 (v1) or 4 (v2) frames at 224 px; for
+    another frame count or grid it is recomputed, as PANGAEA and TerraTorch do.
 
     Args:
         input_bands: ``{"optical": [6 HLS bands]}``: B2, B3, B4, B8A, B11, B12 in the releases.
@@ -63,11 +79,9 @@ class Prithvi(Encoder):
             release code builds plain ``nn.LayerNorm``; 1e-6 for Prithvi-EO-2.0, whose release code
             (``prithvi_mae.py`` published with the weights) defaults to ``LayerNorm(eps=1e-6)``.
         output_layers: 0-based blocks whose outputs are returned; only blocks up to the last are built.
-        encoder_weights: path of the release file; download_url: where to fetch it when missing.
-        pretrained: load ``encoder_weights`` (False for ``mode=random``).
     """
 
-    multi_temporal = True
+    release_layouts = (FLAT_LAYOUT, PREFIXED_LAYOUT)
 
     def __init__(
         self,
@@ -81,17 +95,12 @@ class Prithvi(Encoder):
         mlp_ratio: float = 4.0,
         layer_norm_eps: float = 1e-5,
         output_layers: Sequence[int] = (3, 5, 7, 11),
-        encoder_weights: str | None = None,
-        download_url: str | None = None,
-        pretrained: bool = True,
     ) -> None:
         super().__init__(
             input_bands, input_size, patch_size, output_layers, [embed_dim * num_frames] * len(output_layers)
         )
         if list(self.input_bands) != ["optical"]:
             raise ValueError(f"Prithvi takes optical bands only, got modalities {list(self.input_bands)}")
-        if max(self.output_layers) >= depth:
-            raise ValueError(f"output_layers {self.output_layers} exceed depth {depth}")
         if num_frames < 1:
             raise ValueError(f"num_frames must be at least 1, got {num_frames}")
         self.num_frames = int(num_frames)
@@ -103,31 +112,31 @@ class Prithvi(Encoder):
         norm_layer = partial(nn.LayerNorm, eps=layer_norm_eps)
         self.blocks = nn.ModuleList(
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer)
-            for _ in range(max(self.output_layers) + 1)
+            for _ in range(blocks_to_build(self.output_layers, depth, "Prithvi encoder"))
         )
         nn.init.normal_(self.cls_token, std=0.02)
-        self.init_pretrained(pretrained, encoder_weights, download_url)
 
     def _pos_table(self, grid_hw: tuple[int, int]) -> torch.Tensor:
         """The fixed 3-D sin-cos table for ``num_frames`` frames on ``grid_hw``, zero cls slot."""
         return sincos_pos_embed_3d(self.embed_dim, (self.num_frames, *grid_hw), cls_token=True)
 
-    def convert_release_checkpoint(self, checkpoint: Any) -> dict[str, torch.Tensor]:
+    def unbuilt_prefixes(self) -> tuple[str, ...]:
+        return unbuilt_blocks("blocks.", len(self.blocks), self.depth)
+
+    def from_release(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Drops unbuilt blocks and date/location embeddings (logged); recomputes ``pos_embed`` for
+        this frame count and grid (logged)."""
         name = type(self).__name__
-        if isinstance(checkpoint, Mapping) and ENCODER_PREFIX + PATCH_KEY in checkpoint:
-            checkpoint = strip_prefix(checkpoint, ENCODER_PREFIX)  # also drops decoder.*
-        unwrap(checkpoint, PATCH_KEY, "a Prithvi MAE checkpoint (flat or `encoder.`-prefixed)")  # layout check
-        coords = sorted(key for key in checkpoint if key.startswith(COORDS_PREFIXES))
+        coords = sorted(key for key in state_dict if key.startswith(COORDS_PREFIXES))
         if coords:
             log.info(
                 "%s: ignoring the file's date/location embedding keys %s (takes no coordinates)", name, coords
             )
-        unbuilt = [f"blocks.{i}." for i in range(len(self.blocks), self.depth)]
-        state_dict = drop_keys(checkpoint, (*MAE_EXTRA_PREFIXES, *COORDS_PREFIXES, *unbuilt))
-
-        file_bands = state_dict[PATCH_KEY].shape[1]
+        state_dict = drop_keys(super().from_release(state_dict), COORDS_PREFIXES)
+        patch_weight = state_dict.get("patch_embed.proj.weight")  # when missing, strict loading says so
         bands = self.input_bands["optical"]
-        if file_bands != len(bands):
+        if patch_weight is not None and patch_weight.shape[1] != len(bands):
+            file_bands = patch_weight.shape[1]
             raise CheckpointLayoutError(
                 f"the file's patch embedding takes {file_bands} bands, but this encoder is configured "
                 f"with {len(bands)} ({', '.join(bands)}). Prithvi releases take the 6 HLS bands B2, B3, "

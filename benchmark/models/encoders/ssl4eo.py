@@ -2,8 +2,8 @@
 and data2vec. Release files: https://github.com/zhu-xlab/SSL4EO-S12 (Google Drive) and the
 https://huggingface.co/wangyi111/SSL4EO-S12 mirror (MAE files).
 
-The four variants share one ViT skeleton (:class:`SSL4EOMAE`); the others override only the release
-layout (class attributes) and the hooks that differ: position encoding, block type, state_dict
+The four variants share one ViT skeleton (:class:`SSL4EOMAE`); the others override only their release
+layout (``release_layouts``) and the hooks that differ: position encoding, block type, state_dict
 adaptation.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from functools import partial
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import torch
 from timm.layers import PatchEmbed, resize_rel_pos_bias_table, trunc_normal_
@@ -21,28 +21,22 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from benchmark.models.encoders.base import Encoder
+from benchmark.models.encoders.layout import CheckpointLayoutError, ReleaseLayout, check_band_count
 from benchmark.models.encoders.vit import (
     adapt_pos_embed,
+    blocks_to_build,
     collect_block_outputs,
     resize_pos_embed,
     sincos_1d,
     sincos_pos_embed_2d,
     single_frame,
-)
-from benchmark.models.encoders.weights import (
-    CheckpointLayoutError,
-    check_band_count,
-    drop_keys,
-    strip_prefix,
-    unwrap,
+    unbuilt_blocks,
 )
 
 log = logging.getLogger(__name__)
 
 # Every SSL4EO-S12 ViT (MAE, DINO, MoCo-v3 and BEiT/data2vec code) builds its LayerNorms with eps 1e-6.
 LAYER_NORM = partial(nn.LayerNorm, eps=1e-6)
-
-MAE_DECODER_PREFIXES = ("decoder_", "mask_token", "norm.")
 
 
 def rel_pos_table_rows(grid_hw: tuple[int, int]) -> int:
@@ -63,12 +57,25 @@ def mocov3_pos_embed(dim: int, grid_hw: tuple[int, int]) -> torch.Tensor:
     return torch.cat([torch.zeros(1, dim), emb], dim=0).unsqueeze(0)
 
 
+def ssl4eo_layout(method: str, wrapper: str, prefix: str, ignored: Sequence[str]) -> ReleaseLayout:
+    """An SSL4EO-S12 file: the encoder's keys under ``checkpoint[wrapper]``, each starting with
+    ``prefix``; ``ignored``: key paths of what else the file holds there (see :class:`ReleaseLayout`)."""
+    return ReleaseLayout(
+        name=f"SSL4EO {method}",
+        summary=f"{{'{wrapper}': {{'{prefix}<key>': ...}}}}" if prefix else f"{{'{wrapper}': state_dict}}",
+        signature=(wrapper,),
+        rules=((f"{wrapper}/{prefix}", ""),),
+        ignored=tuple(ignored),
+        article="an",
+    )
+
+
 class SSL4EOMAE(Encoder):
     """SSL4EO-S12 MAE ViT: timm-style ViT, fixed 2-D sin-cos ``pos_embed``, qkv bias.
 
-    Release layout: ``{"model": flat_state_dict}`` holding the encoder plus the MAE decoder
-    (``decoder_*``, ``mask_token``) and the pre-decoder ``norm``, which are ignored: features are the
-    raw block outputs. Used for the 13-band optical and the 2-band SAR (VV, VH) files.
+    Features are the raw block outputs (the release's pre-decoder ``norm`` is not used). One layout
+    for the 13-band optical and the 2-band SAR (VV, VH) files; a ``pos_embed`` for another grid is
+    interpolated (logged).
 
     Args:
         input_bands: ``{modality: [bands]}``; one modality (``optical``: 13 S2 bands, or ``sar``: VV, VH).
@@ -76,17 +83,11 @@ class SSL4EOMAE(Encoder):
         patch_size: patch side in pixels.
         embed_dim, depth, num_heads, mlp_ratio: transformer shape (ViT-S: 384, 12, 6, 4).
         output_layers: 0-based blocks whose outputs are returned; only blocks up to the last are built.
-        encoder_weights: path of the release file; download_url: where to fetch it when missing.
-        pretrained: load ``encoder_weights`` (False for ``mode=random``).
     """
 
-    # Release layout: the state_dict sits under ``checkpoint[release_wrapper]``; encoder keys start
-    # with ``release_prefix`` (keys without it belong to other networks and are dropped); keys
-    # starting with ``release_extras`` (after the prefix is removed) are not part of the encoder.
-    release_wrapper = "model"
-    release_prefix = ""
-    release_extras: tuple[str, ...] = MAE_DECODER_PREFIXES
-    release_layout = "an SSL4EO MAE checkpoint ({'model': state_dict})"
+    release_layouts = (
+        ssl4eo_layout("MAE", "model", "", ("model/decoder_", "model/mask_token", "model/norm.")),
+    )
 
     def __init__(
         self,
@@ -98,17 +99,10 @@ class SSL4EOMAE(Encoder):
         num_heads: int = 6,
         mlp_ratio: float = 4.0,
         output_layers: Sequence[int] = (3, 5, 7, 11),
-        encoder_weights: str | None = None,
-        download_url: str | None = None,
-        pretrained: bool = True,
     ) -> None:
         super().__init__(input_bands, input_size, patch_size, output_layers, [embed_dim] * len(output_layers))
         if len(self.input_bands) != 1:
             raise ValueError(f"{type(self).__name__} takes one modality, got {list(self.input_bands)}")
-        if max(self.output_layers) >= depth:
-            raise ValueError(
-                f"output_layers {self.output_layers} exceed depth {depth}; use indices 0..{depth - 1}"
-            )
         self.modality, bands = next(iter(self.input_bands.items()))
         self.embed_dim = embed_dim
         self.depth = depth
@@ -122,10 +116,8 @@ class SSL4EOMAE(Encoder):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         nn.init.normal_(self.cls_token, std=0.02)
         self._build_position_encoding(num_heads)
-        self.blocks = nn.ModuleList(
-            self._make_block(embed_dim, num_heads, mlp_ratio) for _ in range(max(self.output_layers) + 1)
-        )
-        self.init_pretrained(pretrained, encoder_weights, download_url)
+        built = blocks_to_build(self.output_layers, depth, type(self).__name__)
+        self.blocks = nn.ModuleList(self._make_block(embed_dim, num_heads, mlp_ratio) for _ in range(built))
 
     # -- hooks the other variants override -------------------------------------------------------
 
@@ -155,19 +147,11 @@ class SSL4EOMAE(Encoder):
 
     # -- shared behaviour ------------------------------------------------------------------------
 
-    def convert_release_checkpoint(self, checkpoint: Any) -> dict[str, torch.Tensor]:
-        state_dict = dict(unwrap(checkpoint, self.release_wrapper, self.release_layout))
-        if self.release_prefix:
-            sample = ", ".join(sorted(map(str, state_dict))[:5])
-            state_dict = strip_prefix(state_dict, self.release_prefix)
-            if not state_dict:
-                raise CheckpointLayoutError(
-                    f"expected {self.release_layout}, but no key under {self.release_wrapper!r} starts "
-                    f"with {self.release_prefix!r} (first keys: {sample}). Check encoder.encoder_weights "
-                    "points at the right file."
-                )
-        state_dict = drop_keys(state_dict, self.release_extras)
-        state_dict = drop_keys(state_dict, [f"blocks.{i}." for i in range(len(self.blocks), self.depth)])
+    def unbuilt_prefixes(self) -> tuple[str, ...]:
+        return unbuilt_blocks("blocks.", len(self.blocks), self.depth)
+
+    def from_release(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        state_dict = super().from_release(state_dict)
         if "patch_embed.proj.weight" in state_dict:
             bands = self.input_bands[self.modality]
             check_band_count(state_dict["patch_embed.proj.weight"].shape[1], bands, type(self).__name__)
@@ -186,15 +170,15 @@ class SSL4EOMAE(Encoder):
 class SSL4EODINO(SSL4EOMAE):
     """SSL4EO-S12 DINO ViT-S/16 (the teacher network): learnable ``pos_embed``, qkv bias.
 
-    Release layout: ``{"teacher": {"backbone.<key>": ...}, "student": ..., ...}``. The teacher's DINO
-    projection head (``head.*``, not under ``backbone.``), the final ``norm`` and the student are
-    ignored. Arguments as :class:`SSL4EOMAE`.
+    The release's student, the teacher's projection head and final ``norm`` are not read. Arguments
+    as :class:`SSL4EOMAE`.
     """
 
-    release_wrapper = "teacher"
-    release_prefix = "backbone."
-    release_extras = ("norm.",)
-    release_layout = "an SSL4EO DINO checkpoint ({'teacher': {'backbone.<key>': ...}})"
+    release_layouts = (
+        ssl4eo_layout(
+            "DINO", "teacher", "backbone.", ["teacher/backbone.norm.", "teacher/head.", "student/"]
+        ),
+    )
 
     def _build_position_encoding(self, num_heads: int) -> None:
         """Learnable ``pos_embed`` (DINO's truncated-normal init, std 0.02)."""
@@ -208,15 +192,21 @@ class SSL4EOMoCo(SSL4EOMAE):
 
     Heads: 6, as in SSL4EO-S12's copy of moco-v3's ``vit_small`` (upstream moco-v3 uses 12; the
     release file cannot tell them apart, the config states it).
-    Release layout: ``{"state_dict": {"module.base_encoder.<key>": ...}, ...}``. The momentum encoder,
-    the predictor (other prefixes), the projection head ``head.*`` and the final ``norm`` are ignored.
+    The release's momentum encoder, predictor, projection head and final ``norm`` are not read.
     Arguments as :class:`SSL4EOMAE`.
     """
 
-    release_wrapper = "state_dict"
-    release_prefix = "module.base_encoder."
-    release_extras = ("head.", "norm.")
-    release_layout = "an SSL4EO MoCo-v3 checkpoint ({'state_dict': {'module.base_encoder.<key>': ...}})"
+    release_layouts = (
+        ssl4eo_layout(
+            "MoCo-v3",
+            "state_dict",
+            "module.base_encoder.",
+            [
+                f"state_dict/module.{network}."
+                for network in ("base_encoder.head", "base_encoder.norm", "momentum_encoder", "predictor")
+            ],
+        ),
+    )
 
     def _build_position_encoding(self, num_heads: int) -> None:
         if self.embed_dim % 4:
@@ -233,12 +223,23 @@ class SSL4EOData2Vec(SSL4EOMAE):
     layer-scale ``gamma_1``/``gamma_2``; there is no absolute position embedding. The shared table
     ``rel_pos_bias.relative_position_bias_table`` has :func:`rel_pos_table_rows` rows x heads; a table
     for another grid is resized (BEiT's geometric interpolation, logged).
-    Release layout: ``{"model": flat_state_dict}``; ``mask_token``, final ``norm``, ``lm_head`` and the
-    stored index buffer (recomputed here) are ignored. Arguments as :class:`SSL4EOMAE`.
+    Arguments as :class:`SSL4EOMAE`.
     """
 
-    release_extras = ("mask_token", "norm.", "lm_head.", "rel_pos_bias.relative_position_index")
-    release_layout = "an SSL4EO data2vec checkpoint ({'model': state_dict})"
+    # The stored index buffer is recomputed here from the grid.
+    release_layouts = (
+        ssl4eo_layout(
+            "data2vec",
+            "model",
+            "",
+            [
+                "model/mask_token",
+                "model/norm.",
+                "model/lm_head.",
+                "model/rel_pos_bias.relative_position_index",
+            ],
+        ),
+    )
     layer_scale_init = 0.1
     table_key = "rel_pos_bias.relative_position_bias_table"
 

@@ -1,4 +1,5 @@
-"""Shared Vision Transformer pieces: sin-cos position embeddings, their interpolation, token maps."""
+"""Shared Vision Transformer pieces: sin-cos position embeddings, their interpolation, token maps, and
+building and running the blocks up to the deepest requested output."""
 
 from __future__ import annotations
 
@@ -114,6 +115,23 @@ def tokens_to_map(tokens: torch.Tensor, grid_hw: tuple[int, int], num_frames: in
     b, n, c = tokens.shape
     h, w = grid_hw
     return tokens.reshape(b, num_frames, h * w, c).transpose(2, 3).reshape(b, num_frames * c, h, w)
+
+
+def blocks_to_build(output_layers: Sequence[int], depth: int, owner: str) -> int:
+    """How many of the ``depth`` blocks to build and run: those up to the deepest requested output (the
+    deeper ones would never shape a returned feature). Raises for an index outside ``0..depth-1``."""
+    if not output_layers or min(output_layers) < 0 or max(output_layers) >= depth:
+        raise ValueError(
+            f"output_layers {list(output_layers)} exceed the {depth} layers of the {owner}; "
+            f"use indices 0..{depth - 1}"
+        )
+    return max(output_layers) + 1
+
+
+def unbuilt_blocks(prefix: str, built: int, depth: int) -> tuple[str, ...]:
+    """State-dict prefixes ``<prefix><i>.`` of the release's blocks ``built..depth-1``, which a model
+    built by :func:`blocks_to_build` lacks (their weights are skipped when loading)."""
+    return tuple(f"{prefix}{index}." for index in range(built, depth))
 
 
 def collect_block_outputs(

@@ -1,57 +1,43 @@
 """Finding, reading and strictly loading encoder release checkpoints.
 
-Loading never falls back to random weights: a missing file is downloaded (by one process, the others
-wait) or reported, a foreign or damaged file is reported with what is wrong in it. Reading never runs
-code from the file: see :func:`benchmark.engine.checkpoint.safe_torch_load`.
+The builders call :func:`load_pretrained` on a freshly built encoder (unless ``mode=random``). Loading
+never falls back to random weights: a missing file is downloaded (by one process, the others wait) or
+reported, a foreign or damaged file is reported with what is wrong in it. Reading never runs code from
+the file: see :func:`benchmark.engine.safe_load.safe_torch_load`. What a release file holds is described
+beside each model (its ``release_layouts``), not here.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping
 
 import torch
 
 from benchmark.download import DownloadError, download_file
-from benchmark.engine.checkpoint import CheckpointReadError, UntrustedPickleError, safe_torch_load
+from benchmark.engine.safe_load import CheckpointReadError, UntrustedPickleError, safe_torch_load
+from benchmark.models.encoders.base import Encoder
+from benchmark.models.encoders.croma import CROMA
+from benchmark.models.encoders.dofa import DOFA
+from benchmark.models.encoders.layout import CheckpointLayoutError, ReleaseLayout, match_layout
+from benchmark.models.encoders.prithvi import Prithvi
+from benchmark.models.encoders.ssl4eo import SSL4EODINO, SSL4EOMAE, SSL4EOData2Vec, SSL4EOMoCo
 
-if TYPE_CHECKING:
-    from benchmark.models.encoders.base import Encoder
+__all__ = ["CheckpointLayoutError", "WeightsNotFoundError", "load_pretrained", "resolve_weights_file"]
 
 log = logging.getLogger(__name__)
+
+# Every family's layouts, only to tell a user which file they gave when it is not the configured one.
+KNOWN_LAYOUTS: tuple[ReleaseLayout, ...] = tuple(
+    layout
+    for family in (DOFA, Prithvi, CROMA, SSL4EOMAE, SSL4EODINO, SSL4EOMoCo, SSL4EOData2Vec)
+    for layout in family.release_layouts
+)
 
 
 class WeightsNotFoundError(FileNotFoundError):
     """The weights file is absent and could not be downloaded."""
-
-
-class CheckpointLayoutError(ValueError):
-    """The file is not a release checkpoint of the expected family, or cannot be read."""
-
-
-# Top-level keys by which each published layout can be recognised, to tell a user which file they gave.
-_LAYOUT_SIGNATURES = (
-    ("CROMA (dict of s1_encoder / s2_encoder / joint_encoder)", ("s2_encoder", "s1_encoder")),
-    ("DOFA (flat state_dict with patch_embed.weight_generator)", ("patch_embed.weight_generator.weight_tokens",)),
-    ("Prithvi MAE (flat, 3-D patch embedding)", ("patch_embed.proj.weight", "decoder_pred.weight")),
-    ("Prithvi (encoder.-prefixed layout)", ("encoder.patch_embed.proj.weight",)),
-    ("SSL4EO MAE / data2vec ({'model': state_dict})", ("model",)),
-    ("SSL4EO DINO ({'teacher': ...})", ("teacher",)),
-    ("SSL4EO MoCo ({'state_dict': module.base_encoder...})", ("state_dict",)),
-)
-
-
-def describe_checkpoint(checkpoint: Any) -> str:
-    """A short guess of which release layout ``checkpoint`` is, for error messages ("the file ...")."""
-    if not isinstance(checkpoint, Mapping):
-        return f"is an object of type {type(checkpoint).__name__}, not a dict"
-    keys = set(checkpoint)
-    for name, signature in _LAYOUT_SIGNATURES:
-        if any(key in keys for key in signature):
-            return f"looks like a {name} checkpoint"
-    sample = ", ".join(sorted(map(str, keys))[:8])
-    return f"is an unrecognised dict with keys [{sample}{', ...' if len(keys) > 8 else ''}]"
 
 
 def resolve_weights_file(encoder_weights: str | None, download_url: str | None) -> Path:
@@ -103,41 +89,6 @@ def read_checkpoint(path: str | Path) -> Any:
         raise CheckpointLayoutError(str(error)) from error
 
 
-def unwrap(checkpoint: Any, key: str, expected: str) -> Mapping[str, Any]:
-    """``checkpoint[key]`` when the layout has that wrapper, else a :class:`CheckpointLayoutError`."""
-    if not isinstance(checkpoint, Mapping) or key not in checkpoint:
-        raise CheckpointLayoutError(
-            f"expected {expected} with top-level key {key!r}, but the file "
-            f"{describe_checkpoint(checkpoint)}. Check encoder.encoder_weights points at the right file."
-        )
-    return checkpoint[key]
-
-
-def drop_keys(
-    state_dict: Mapping[str, torch.Tensor],
-    prefixes: Iterable[str],
-) -> dict[str, torch.Tensor]:
-    """Copy of ``state_dict`` without the keys starting with any of ``prefixes``."""
-    prefixes = tuple(prefixes)
-    return {key: value for key, value in state_dict.items() if not key.startswith(prefixes)}
-
-
-def strip_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    """Keys starting with ``prefix``, with it removed; other keys are dropped."""
-    return {key[len(prefix):]: value for key, value in state_dict.items() if key.startswith(prefix)}
-
-
-def check_band_count(file_bands: int, bands: Sequence[str], owner: str) -> None:
-    """Raise when a file's input layer was pretrained on another number of bands than configured."""
-    if file_bands != len(bands):
-        raise CheckpointLayoutError(
-            f"the file's input layer takes {file_bands} bands, but {owner} is configured for "
-            f"{len(bands)} ({', '.join(bands)}). The file was pretrained on other bands: use the encoder "
-            "config made for it (e.g. the SAR instead of the optical variant), or point "
-            "encoder.encoder_weights at the release file for these bands."
-        )
-
-
 def strict_load(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
     """Load ``state_dict`` into ``module`` requiring every key and shape to match exactly."""
     expected = module.state_dict()
@@ -163,11 +114,18 @@ def strict_load(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor],
     module.load_state_dict(state_dict, strict=True)
 
 
-def load_release_weights(encoder: "Encoder", path: str | Path) -> None:
-    """Read a release file and load it into ``encoder`` strictly (after its documented adaptations)."""
+def load_pretrained(encoder: Encoder, encoder_weights: str | None, download_url: str | None) -> None:
+    """Load the release file ``encoder_weights`` into ``encoder``, strictly.
+
+    The file is downloaded from ``download_url`` when missing, read without running code, renamed by
+    the encoder's release layout and adapted as the family documents (:meth:`Encoder.from_release`);
+    then every parameter must come from it with the right shape.
+    """
+    path = resolve_weights_file(encoder_weights, download_url)
     checkpoint = read_checkpoint(path)
     try:
-        state_dict = encoder.convert_release_checkpoint(checkpoint)
+        layout = match_layout(encoder.release_layouts, checkpoint, KNOWN_LAYOUTS)
+        state_dict = encoder.from_release(layout.to_model(checkpoint))
     except CheckpointLayoutError as error:
         raise CheckpointLayoutError(f"{path}: {error}") from error
     strict_load(encoder, state_dict, source=str(path))
