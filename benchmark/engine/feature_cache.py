@@ -69,7 +69,7 @@ class FeatureCache:
         encoder_key: dict[str, Any],
         ctx: DistContext,
         precision: str,
-        dtype: str = "float16",
+        dtype: str = "float32",
         batch_size: int = 8,
         num_workers: int = 0,
     ) -> None:

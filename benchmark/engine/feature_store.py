@@ -2,7 +2,7 @@
 
 One folder per split, ``<root>/<Encoder>-<split>-<key hash>/``::
 
-    features_<i>.npy   encoder output i, (windows, C_i, h, w), float16 (``cache_dtype``), memory-mapped
+    features_<i>.npy   encoder output i, (windows, C_i, h, w), float32 or float16 (``cache_dtype``), memory-mapped
     targets.npy        int16 targets: one per window (train) or per tile (val/test)
     manifest.json      key, layout, size and digest of each file; written last: the completion marker
 
