@@ -1,4 +1,4 @@
-"""The PANGAEA config keys this benchmark accepts, and what becomes of each (DESIGN §1).
+"""The PANGAEA config keys this benchmark accepts, and what becomes of each.
 
 Commands and configs written for PANGAEA keep working: its keys stay in our configs with PANGAEA's
 spelling, and this module is the one place that handles them. Each is either

@@ -1,4 +1,4 @@
-"""Segmentation decoders (DESIGN §6) built from their configs, and scripts/model_cost.py.
+"""Segmentation decoders built from their configs, and scripts/model_cost.py.
 
 Widths are tiny so that the whole file runs in well under a minute on a 2-core CPU; the encoder-side
 channel counts and token grids are the real ones (ViT-S/B/L/H, 14x14, CROMA's 15x15, non-square).

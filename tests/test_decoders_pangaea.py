@@ -1,4 +1,4 @@
-"""UPerNet, SegFormer and MUSTER built as PANGAEA builds them (DESIGN §6, §11).
+"""UPerNet, SegFormer and MUSTER built as PANGAEA builds them.
 
 The expected parameter counts come from PANGAEA's own decoder classes (sig-gis/pangaea-bench:
 pangaea/decoders/upernet.py @41127398, segformer.py @3feb17d2, muster.py @beef8246, with
