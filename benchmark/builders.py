@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from benchmark.compat import dataset_arguments
 from benchmark.data.loaders import EpochShuffleSampler, ShardSampler, make_loader
 from benchmark.data.preprocessing import PreprocessedDataset
-from benchmark.distributed import DistContext, barrier, main_then_share
+from benchmark.distributed import DistContext, main_then_share
 from benchmark.engine.evaluator import Evaluator
 from benchmark.engine.feature_cache import FeatureCache
 from benchmark.engine.feature_key import weights_sha256
@@ -53,12 +53,19 @@ def build_dataset(cfg: DictConfig, split: str, ctx: DistContext) -> Preprocessed
     Rank 0 builds first so that a download or synthetic generation happens once per machine. PANGAEA keys
     that the dataset class does not take stay out of it (:func:`benchmark.compat.dataset_arguments`).
     """
-    if not ctx.is_main:
-        barrier()
     raster_cache = str(Path(cfg.cache_dir) / "rasters") if cfg.cache else None
-    dataset = instantiate_plain(dataset_arguments(cfg.dataset), split=split, cache_dir=raster_cache, _convert_="all")
-    if ctx.is_main:
-        barrier()
+
+    def build() -> Dataset:
+        return instantiate_plain(dataset_arguments(cfg.dataset), split=split, cache_dir=raster_cache, _convert_="all")
+
+    built: dict[str, Dataset] = {}
+
+    def build_on_rank_0() -> None:
+        built["dataset"] = build()
+
+    # rank 0 first; its error (e.g. the list of bad files) reaches every rank instead of leaving them waiting
+    main_then_share(ctx, build_on_rank_0, f"building the {split} dataset")
+    dataset = built["dataset"] if ctx.is_main else build()
     steps = [instantiate_plain(step, _convert_="all") for step in cfg.preprocessing[split]]
     return PreprocessedDataset(dataset, steps, seed=cfg.seed)
 

@@ -65,7 +65,7 @@ def _window_problems(cfg: DictConfig) -> list[str]:
         return []
     problems = []
     stride = OmegaConf.select(cfg, "train_crop_stride")
-    if stride is not None and not (_is_int(stride) and 1 <= stride <= window):
+    if not (_is_int(stride) and 1 <= stride <= window):
         problems.append(
             f"train_crop_stride={stride!r}: must be an integer in [1, encoder.input_size={window}] "
             "(1 draws training crops anywhere, as PANGAEA does; larger values draw them from a fixed grid)"

@@ -22,10 +22,7 @@ from benchmark.distributed import RankFailedError
 
 FAILURES = ".failures"
 # Messages of errors that a rank gets because another rank stopped, not because of its own work.
-ECHO_MARKERS = (
-    "connection closed by peer", "connection reset by peer", "broken pipe", "nccl", "gloo",
-    "processgroup", "timed out", "terminated by sigterm",
-)
+ECHO_MARKERS = ("connection closed by peer", "connection reset by peer", "broken pipe")
 
 
 class TerminatedError(RuntimeError):

@@ -49,10 +49,10 @@ class SlowHandler(http.server.BaseHTTPRequestHandler):
         chunks = 16
         step = -(-len(body) // chunks)
         for start in range(0, len(body), step):
+            time.sleep(self.server.seconds / chunks)
             self.wfile.write(body[start:start + step])
             self.wfile.flush()
-            time.sleep(self.server.seconds / chunks)
-        if not self.server.short_by:
+        if not self.server.short_by:  # counted before the client can have the last byte and exit
             with self.server.counter_lock:
                 self.server.completed += 1
 

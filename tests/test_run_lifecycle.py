@@ -35,7 +35,13 @@ class ScriptedEvaluator:
         return {"mIoU": value, "IoU": {"a": value}}
 
 
-def test_first_validation_writes_best_pt_even_when_its_metric_is_nan(synthetic_root: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("values,best_epoch", [
+    ([math.nan, math.nan, math.nan], 1),  # no number at all: best.pt still comes from the first validation
+    ([math.nan, 0.4, math.nan], 2),  # a number beats NaN, a later NaN beats nothing
+])
+def test_first_validation_writes_best_pt_even_when_its_metric_is_nan(
+    synthetic_root: Path, tmp_path: Path, values: list[float], best_epoch: int
+) -> None:
     cfg = compose_run(synthetic_root, tmp_path / "wd", "task.trainer.n_epochs=3")
     torch.manual_seed(0)
     model = builders.build_segmentor(cfg, "random", CPU)
@@ -46,11 +52,11 @@ def test_first_validation_writes_best_pt_even_when_its_metric_is_nan(synthetic_r
     run_dir.mkdir()
     trainer = Trainer(
         model, torch.nn.CrossEntropyLoss(ignore_index=-1), optimizer, scheduler, loader,
-        ScriptedEvaluator([math.nan, 0.4, math.nan]), CPU, run_dir, n_epochs=3,
+        ScriptedEvaluator(values), CPU, run_dir, n_epochs=3,
     )
     trainer.fit()
     best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
-    assert best["epoch"] == 1 and trainer.best_epoch == 2, "a number beats NaN, a later NaN beats nothing"
+    assert best["epoch"] + 1 == trainer.best_epoch == best_epoch
     epochs = [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2, 3]
 
@@ -66,6 +72,7 @@ def test_restart_after_a_kill_before_last_pt_leaves_the_folder_as_an_uninterrupt
     lines = (interrupted / "metrics.jsonl").read_text().splitlines()
     (interrupted / "metrics.jsonl").write_text(lines[0] + "\n")
     (interrupted / "checkpoints" / ".last.pt.x1y2.tmp").write_bytes(b"half a checkpoint")
+    (interrupted / "checkpoints" / "best.pt").write_bytes(b"stale")  # must be replaced, not kept
 
     restarted_run = run_benchmark(args + [f"run_dir={interrupted}", "resume=true"])
     assert "resume=true: no earlier checkpoint of this job, starting" in restarted_run.stdout
@@ -75,6 +82,10 @@ def test_restart_after_a_kill_before_last_pt_leaves_the_folder_as_an_uninterrupt
     straight = json.loads((tmp_path / "straight" / "results.json").read_text())
     restarted = json.loads((interrupted / "results.json").read_text())
     assert restarted["status"] == "completed" and restarted["best_epoch"] == straight["best_epoch"]
+    # same machine, same process count, same computations: the metrics agree exactly, best.pt is the new one
+    assert restarted["val"] == straight["val"]
+    assert restarted["test"]["confusion_matrix"] == straight["test"]["confusion_matrix"]
+    assert load_checkpoint(interrupted / "checkpoints" / "best.pt")["epoch"] + 1 == straight["best_epoch"]
 
 
 def test_resume_with_another_number_of_processes_is_refused(synthetic_root: Path, tmp_path: Path) -> None:
@@ -107,9 +118,10 @@ def _draw_dropout_mask(rank: int, world_size: int, init_file: str, out: dict) ->
 
 
 def test_dropout_masks_differ_between_ranks_and_repeat_per_seed(tmp_path: Path) -> None:
-    out = mp.Manager().dict()
-    mp.spawn(_draw_dropout_mask, args=(2, str(tmp_path / "init"), out), nprocs=2)
-    first, second = out["masks"]
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_draw_dropout_mask, args=(2, str(tmp_path / "init"), out), nprocs=2)
+        first, second = out["masks"]
     assert not torch.equal(first, second), "each rank draws its own dropout mask"
     seed_everything(process_seed(0, 0))
     assert torch.equal(torch.nn.functional.dropout(torch.ones(256), p=0.5), first), "reproducible per (seed, rank)"

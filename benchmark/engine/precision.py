@@ -27,7 +27,7 @@ def autocast_context(device: torch.device, precision: str) -> contextlib.Abstrac
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     """The model inputs of a batch on ``device``: ``image`` (a dict of modalities) or, from the feature
-    cache, ``features`` (a list of encoder outputs, stored in half precision, returned as float32)."""
+    cache, ``features`` (a list of encoder outputs, stored as ``cache_dtype``, returned as float32)."""
     if "features" in batch:
         return {"features": [f.to(device, non_blocking=True).float() for f in batch["features"]]}
     return {"image": {m: x.to(device, non_blocking=True) for m, x in batch["image"].items()}}

@@ -170,7 +170,8 @@ class Trainer:
         self.train_images = state["train_images"]
         self.train_seconds = state["train_seconds"]
         self.eval_seconds = state["eval_seconds"]
-        restore_rng_state(state["rng"][self.ctx.rank])
+        rng = state["rng"]  # by rank; a single dict in checkpoints written before per-rank states
+        restore_rng_state(rng[self.ctx.rank] if isinstance(rng, list) else rng)
         if self.ctx.is_main:
             self.remove_interrupted_writes()
             self._truncate_metrics_log(state["epoch"])
@@ -196,8 +197,8 @@ class Trainer:
     def _truncate_metrics_log(self, last_epoch: int) -> None:
         """Drop metric lines written after the checkpoint (the epoch will be run again)."""
         path = self.run_dir / "metrics.jsonl"
-        if path.exists():
-            lines = [l for l in path.read_text().splitlines() if l and json.loads(l)["epoch"] <= last_epoch + 1]
+        if path.exists():  # a line cut short by the kill belongs to a later epoch: it goes too
+            lines = path.read_text().splitlines()[: last_epoch + 1]
             path.write_text("".join(line + "\n" for line in lines))
 
     def train_epoch(self, epoch: int) -> float:

@@ -103,9 +103,16 @@ def find_run_folders(roots: Sequence[Path]) -> list[Path]:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file; a line cut short by a killed run is skipped."""
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records
 
 
 def job_from_config(folder: Path) -> dict[str, Any]:
