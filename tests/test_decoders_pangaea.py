@@ -5,9 +5,10 @@ pangaea/decoders/upernet.py @41127398, segformer.py @3feb17d2, muster.py @beef82
 configs/decoder/seg_{upernet,segformer,muster}.yaml of those commits), instantiated outside this repository
 with a stub encoder (``output_dim`` [C] * 4, ``output_layers`` [3, 5, 7, 11], ``embed_dim`` C,
 ``output_shape`` (14, 14, C), no pyramid output) and counted with
-``sum(p.numel() for p in decoder.parameters() if p.requires_grad)`` (the encoder excluded). Loading that
-oracle's random weights into these modules gave the same logits to float precision wherever the attention
-windows tile the grid (see README "Differences from PANGAEA" for the window handling we keep).
+``sum(p.numel() for p in decoder.parameters() if p.requires_grad)`` (the encoder excluded): numbers recorded
+from that one-off run, which this repository cannot rerun. In the same run, loading the oracle's random weights
+into these modules gave the same logits to float precision wherever the attention windows tile the grid; no
+test here checks that (see README "Differences from PANGAEA" for the window handling we keep).
 """
 
 from __future__ import annotations
