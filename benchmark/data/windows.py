@@ -54,3 +54,8 @@ def pad_to_window(x: torch.Tensor, window: int, value: float = 0) -> torch.Tenso
     if (padded_height, padded_width) == (height, width):
         return x
     return F.pad(x, (0, padded_width - width, 0, padded_height - height), value=value)
+
+
+def crop_window(image: dict[str, torch.Tensor], top: int, left: int, window: int) -> dict[str, torch.Tensor]:
+    """The ``window`` x ``window`` crop at ``(top, left)`` of every modality of ``image`` (..., H, W)."""
+    return {m: x[..., top : top + window, left : left + window] for m, x in image.items()}

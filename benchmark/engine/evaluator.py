@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from benchmark.data.windows import pad_to_window, padded_size, window_grid
+from benchmark.data.windows import crop_window, pad_to_window, padded_size, window_grid
 from benchmark.distributed import DistContext, all_reduce_sum
 from benchmark.engine.metrics import confusion_matrix_metric, segmentation_metrics
 from benchmark.engine.precision import autocast_context, to_device
@@ -67,9 +67,8 @@ def sliding_window_logits(
     positions = window_grid(h, w, window, stride)
 
     def predict(ks: range) -> torch.Tensor:
-        chunk = [positions[k] for k in ks]
-        crops = {m: torch.cat([x[..., t : t + window, l : l + window] for t, l in chunk]) for m, x in image.items()}
-        return model(crops, (window, window))
+        crops = [crop_window(image, *positions[k], window) for k in ks]
+        return model({m: torch.cat([crop[m] for crop in crops]) for m in image}, (window, window))
 
     return blend_windows(predict, positions, b, h, w, window, num_classes, batch_size, reference.device)
 

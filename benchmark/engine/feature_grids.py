@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from benchmark.data.preprocessing import RandomCrop, Sample
-from benchmark.data.windows import pad_to_window, window_grid
+from benchmark.data.windows import crop_window, pad_to_window, window_grid
 from benchmark.engine.feature_store import FeatureCacheError
 
 
@@ -65,10 +65,7 @@ class EvalGrid:
         h, w = sample["target"].shape
         size = self.window
         image = {m: pad_to_window(x, size) for m, x in sample["image"].items()}
-        crops = [
-            {m: x[..., t : t + size, l : l + size] for m, x in image.items()}
-            for t, l in window_grid(h, w, size, self.stride)
-        ]
+        crops = [crop_window(image, t, l, size) for t, l in window_grid(h, w, size, self.stride)]
         return crops, sample["target"][None]
 
 

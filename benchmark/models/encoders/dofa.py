@@ -5,12 +5,10 @@ bands, so one set of weights takes any band list. Release: https://huggingface.c
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
-from timm.models.vision_transformer import Block
 from torch import nn
 
 from benchmark.data.bands import wavelengths_um
@@ -25,6 +23,7 @@ from benchmark.models.encoders.vit import (
     sincos_pos_embed_2d,
     single_frame,
     unbuilt_blocks,
+    vit_block,
 )
 
 WAVE_DIM = 128  # width of the wavelength embedding and of the weight-generator transformer
@@ -40,6 +39,9 @@ RELEASE_LAYOUT = ReleaseLayout(
     signature=("patch_embed.weight_generator.weight_tokens",),
     ignored=("mask_token", "projector."),
 )
+
+# eps of every LayerNorm in the release (timm's ViT with partial(nn.LayerNorm, eps=1e-6)).
+LAYER_NORM_EPS = 1e-6
 
 
 class WavelengthMLP(nn.Module):
@@ -147,13 +149,10 @@ class DOFA(Encoder):
         self.pos_embed = nn.Parameter(
             sincos_pos_embed_2d(embed_dim, self.grid_size, cls_token=True), requires_grad=False
         )
-        norm_layer = partial(nn.LayerNorm, eps=1e-6)
-        self.blocks = nn.ModuleList(
-            Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer)
-            for _ in range(blocks_to_build(self.output_layers, depth, "DOFA encoder"))
-        )
+        built = blocks_to_build(self.output_layers, depth, "DOFA encoder")
+        self.blocks = nn.ModuleList(vit_block(embed_dim, num_heads, mlp_ratio, LAYER_NORM_EPS) for _ in range(built))
         # The final LayerNorm follows the last block of the full model: without that block it is unused.
-        self.norm = norm_layer(embed_dim) if len(self.blocks) == depth else None
+        self.norm = nn.LayerNorm(embed_dim, eps=LAYER_NORM_EPS) if built == depth else None
         self._init_weights()
 
     def _init_weights(self) -> None:

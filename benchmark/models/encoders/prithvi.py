@@ -6,11 +6,9 @@ NASA on multi-temporal HLS imagery. Releases: https://huggingface.co/ibm-nasa-ge
 from __future__ import annotations
 
 import logging
-from functools import partial
 from typing import Mapping, Sequence
 
 import torch
-from timm.models.vision_transformer import Block
 from torch import nn
 
 from benchmark.models.encoders.base import Encoder
@@ -20,6 +18,7 @@ from benchmark.models.encoders.vit import (
     collect_block_outputs,
     sincos_pos_embed_3d,
     unbuilt_blocks,
+    vit_block,
 )
 
 log = logging.getLogger(__name__)
@@ -109,11 +108,8 @@ class Prithvi(Encoder):
         self.patch_embed = TubeletEmbed(len(self.input_bands["optical"]), embed_dim, patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(self._pos_table(self.grid_size), requires_grad=False)
-        norm_layer = partial(nn.LayerNorm, eps=layer_norm_eps)
-        self.blocks = nn.ModuleList(
-            Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer)
-            for _ in range(blocks_to_build(self.output_layers, depth, "Prithvi encoder"))
-        )
+        built = blocks_to_build(self.output_layers, depth, "Prithvi encoder")
+        self.blocks = nn.ModuleList(vit_block(embed_dim, num_heads, mlp_ratio, layer_norm_eps) for _ in range(built))
         nn.init.normal_(self.cls_token, std=0.02)
 
     def _pos_table(self, grid_hw: tuple[int, int]) -> torch.Tensor:

@@ -17,7 +17,6 @@ import torch
 from timm.layers import PatchEmbed, resize_rel_pos_bias_table, trunc_normal_
 from timm.models.beit import Block as BeitBlock
 from timm.models.beit import RelativePositionBias, gen_relative_position_index
-from timm.models.vision_transformer import Block
 from torch import nn
 
 from benchmark.models.encoders.base import Encoder
@@ -31,12 +30,13 @@ from benchmark.models.encoders.vit import (
     sincos_pos_embed_2d,
     single_frame,
     unbuilt_blocks,
+    vit_block,
 )
 
 log = logging.getLogger(__name__)
 
 # Every SSL4EO-S12 ViT (MAE, DINO, MoCo-v3 and BEiT/data2vec code) builds its LayerNorms with eps 1e-6.
-LAYER_NORM = partial(nn.LayerNorm, eps=1e-6)
+LAYER_NORM_EPS = 1e-6
 
 
 def rel_pos_table_rows(grid_hw: tuple[int, int]) -> int:
@@ -128,7 +128,7 @@ class SSL4EOMAE(Encoder):
         )
 
     def _make_block(self, embed_dim: int, num_heads: int, mlp_ratio: float) -> nn.Module:
-        return Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=LAYER_NORM)
+        return vit_block(embed_dim, num_heads, mlp_ratio, LAYER_NORM_EPS)
 
     def _add_position(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """Add ``pos_embed`` (interpolated when the input grid differs from ``input_size``'s)."""
@@ -253,7 +253,7 @@ class SSL4EOData2Vec(SSL4EOMAE):
             qkv_bias=True,
             mlp_ratio=mlp_ratio,
             init_values=self.layer_scale_init,
-            norm_layer=LAYER_NORM,
+            norm_layer=partial(nn.LayerNorm, eps=LAYER_NORM_EPS),
         )
 
     def _add_position(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
