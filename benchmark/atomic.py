@@ -31,10 +31,18 @@ def write_atomically(path: str | Path, write: Callable[[IO[bytes]], Any], durabl
             if durable:
                 handle.flush()
                 os.fsync(handle.fileno())
+        make_readable(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def make_readable(path: str | Path) -> None:
+    """Give a temporary file (created private, mode 0600) the permissions of an ordinary new file (umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def write_json(path: str | Path, payload: Any) -> None:

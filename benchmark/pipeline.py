@@ -19,19 +19,19 @@ from benchmark.engine.checkpoint import load_checkpoint, seed_everything
 from benchmark.engine.trainer import Trainer, peak_memory_mb
 from benchmark.failures import PeerFailedError
 from benchmark.models.segmentor import resolve_mode
-from benchmark.results import Cost, completed_result, completed_results, failed_result, write_results
+from benchmark.results import CHOICE_GROUPS, Cost, completed_result, completed_results, failed_result, write_results
+from benchmark.saved_run import checkpoint_file, load_run_config, load_trained_model
 from benchmark.rundir import choose_run_dir, package_versions, save_config, setup_logging, summary
 
 log = logging.getLogger(__name__)
 
-GROUPS = ("dataset", "encoder", "decoder", "preprocessing", "criterion", "task", "optimizer", "lr_scheduler")
 TEST_KEYS = ("ckpt_dir", "ckpt", "split", "output_path")
 
 
 def hydra_choices() -> dict[str, str]:
     """The config-group options this run was composed from (e.g. ``{"encoder": "dofa", ...}``)."""
     choices = HydraConfig.get().runtime.choices
-    return {group: str(choices[group]) for group in GROUPS if group in choices}
+    return {group: str(choices[group]) for group in CHOICE_GROUPS if group in choices}
 
 
 def start_wandb(cfg: DictConfig, run_dir: Path) -> Any:
@@ -191,43 +191,15 @@ def report_failure(ctx: DistContext, run_dir: Path, error: BaseException, since:
     raise reported from error
 
 
-def merge_overrides(saved: DictConfig, overrides: list[str]) -> DictConfig:
-    """Apply command-line ``key=value`` overrides to a saved run config (they win)."""
-    dotlist = []
-    for override in overrides:
-        key, _, value = override.lstrip("+").partition("=")
-        if key in TEST_KEYS:
-            continue
-        if key.startswith("~") or not _:
-            raise ValueError(f"cannot apply override {override!r} at test time; use key=value")
-        if key in GROUPS or (key in saved and OmegaConf.is_dict(saved[key]) and "." not in key):
-            raise ValueError(
-                f"{override!r} would swap a whole config group; a saved run is evaluated with the groups "
-                f"it was trained with ({key}={saved.choices.get(key, '?')}). Override single keys instead, "
-                f"e.g. {key}.<name>=<value>."
-            )
-        dotlist.append(f"{key}={value}")
-    merged = OmegaConf.merge(saved, OmegaConf.from_dotlist(dotlist))
-    return merged
-
-
 def test(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.ckpt_dir``'s checkpoint on ``cfg.split`` and write the metrics as JSON."""
     run_dir = Path(cfg.ckpt_dir)
-    config_path = run_dir / "config.yaml"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path} not found: ckpt_dir must be a run folder made by benchmark/run.py")
-    run_cfg = merge_overrides(OmegaConf.load(config_path), list(HydraConfig.get().overrides.task))
-    check_config(run_cfg, check_work_dir=False)  # e.g. task.evaluator.inference_mode=whole given here
-    # Trust comes from this command line only, never from a run folder someone handed over.
-    run_cfg.trusted_pickle_files = list(cfg.trusted_pickle_files)
+    run_cfg = load_run_config(cfg, TEST_KEYS)
     ctx = init_distributed(run_cfg.device)
     try:
         setup_logging(ctx, run_dir / "test.log" if ctx.is_main else None)
-        checkpoint_path = Path(cfg.ckpt) if cfg.ckpt not in ("best", "last") else run_dir / "checkpoints" / f"{cfg.ckpt}.pt"
-        model = builders.build_segmentor(run_cfg, run_cfg.mode, ctx)
-        checkpoint = load_checkpoint(checkpoint_path, trusted=cfg.trusted_pickle_files)  # the command line's, not the saved run's
-        model.load_trainable_state_dict(checkpoint["model"])
+        checkpoint_path = checkpoint_file(run_dir, cfg.ckpt)
+        model, checkpoint = load_trained_model(run_cfg, checkpoint_path, ctx)
         features = builders.build_feature_cache(run_cfg, run_cfg.mode, model, ctx)
         loader = builders.eval_loader(run_cfg, cfg.split, ctx, builders.build_dataset(run_cfg, cfg.split, ctx), features)
         evaluator = builders.build_evaluator(run_cfg, loader, model.encoder.input_size, ctx)

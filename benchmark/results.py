@@ -24,7 +24,7 @@ from benchmark.atomic import write_json
 SCHEMA_VERSION = 2
 RESULTS_FILE = "results.json"
 STATUSES = ("completed", "failed")
-# The config groups a run is composed from (pipeline.GROUPS; tests/test_results.py checks they agree).
+# The config groups a run is composed from.
 CHOICE_GROUPS = ("dataset", "encoder", "decoder", "preprocessing", "criterion", "task", "optimizer", "lr_scheduler")
 # What makes two runs the same experiment (one group of the report); with the seed, the same job.
 EXPERIMENT_FIELDS = (*CHOICE_GROUPS, "mode", "settings_hash", "train_crop_stride")

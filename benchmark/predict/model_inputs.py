@@ -1,0 +1,65 @@
+"""What a trained run's model reads, rebuilt from its config: the dataset bands it was trained on, their
+statistics, and the run's own evaluation preprocessing, applied to windows of a scene."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from benchmark.builders import instantiate_plain
+from benchmark.data.bands import canonical_band_dict
+from benchmark.data.preprocessing import BandAdapter, NormalizeMeanStd
+from benchmark.data.windows import pad_to_window
+from benchmark.predict.scenes import Scene, SceneError, SceneReader
+
+PIXELWISE_STEPS = (NormalizeMeanStd, BandAdapter)
+
+
+class ModelInputs:
+    """Turns windows of a scene into the model's input batch, exactly as the run's evaluation did.
+
+    Args:
+        run_cfg: the saved run config.
+        window: the encoder's input side in pixels.
+    """
+
+    def __init__(self, run_cfg: DictConfig, window: int) -> None:
+        self.window = int(window)
+        self.steps = [instantiate_plain(step) for step in run_cfg.preprocessing.test]
+        others = [type(s).__name__ for s in self.steps if not isinstance(s, PIXELWISE_STEPS)]
+        if others:
+            raise SceneError(
+                f"this run's test preprocessing has {', '.join(others)}: mapping a scene supports runs whose "
+                "evaluation preprocessing works pixel by pixel (normalisation and band mapping, as "
+                "preprocessing=seg_default), so that windows of any scene see what the evaluation saw"
+            )
+        dataset_bands = canonical_band_dict(OmegaConf.to_container(run_cfg.dataset.bands, resolve=True))
+        encoder_bands = canonical_band_dict(OmegaConf.to_container(run_cfg.encoder.input_bands, resolve=True))
+        self.bands = dataset_bands
+        self.means = OmegaConf.to_container(run_cfg.dataset.data_mean, resolve=True)
+        self.optional = {
+            band for modality, bands in dataset_bands.items() for band in bands if band not in encoder_bands.get(modality, [])
+        }
+        self.num_frames = int(run_cfg.encoder.get("num_frames", 1))
+        if self.num_frames != 1:
+            raise SceneError(f"this run's encoder takes {self.num_frames} dates per sample; mapping takes single-date scenes")
+
+    def reader(self, scene: Scene, scale: float) -> SceneReader:
+        """A reader of ``scene``'s bands in the run's dataset band order (missing ones are an error here)."""
+        return SceneReader(scene, self.bands, self.means, self.optional, scale)
+
+    def batch(self, reader: SceneReader, positions: Sequence[tuple[int, int]]) -> dict[str, torch.Tensor]:
+        """``{modality: (n, C, 1, window, window)}`` for the windows at ``positions``; a window that runs
+        past the scene's edge is padded with 0 (the normalised mean), as the evaluator pads."""
+        scene = reader.scene
+        crops = []
+        for top, left in positions:
+            height, width = min(self.window, scene.height - top), min(self.window, scene.width - left)
+            images, _ = reader.read(top, left, height, width)
+            sample = {"image": {m: torch.from_numpy(x)[:, None] for m, x in images.items()}}
+            for step in self.steps:
+                sample = step(sample, None)
+            crops.append({m: pad_to_window(x, self.window) for m, x in sample["image"].items()})
+        return {m: torch.stack([crop[m] for crop in crops]) for m in crops[0]}
