@@ -160,3 +160,10 @@ def test_an_abandoned_output_leaves_nothing_and_a_finished_one_is_a_cog(tmp_path
     assert [p.name for p in out.iterdir()] == ["b.tif"]
     with rasterio.open(out / "b.tif") as src:
         assert src.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG" and (src.read() == 1).all()
+
+
+def test_a_scene_smaller_than_the_window_is_one_padded_window() -> None:
+    (block,) = plan_blocks(10, 12, 16, 8, 1024)
+    assert block.windows == ((0, 0),) and (block.height, block.width) == (10, 12)
+    values = blend_block(block, lambda positions: torch.ones(len(positions), 2, 16, 16), 16, 4, torch.device("cpu"))
+    assert values.shape == (2, 10, 12) and torch.allclose(values, torch.ones(2, 10, 12))

@@ -110,18 +110,20 @@ def map_scene(scene: Scene, reader: SceneReader, inputs: ModelInputs, product: A
 
 
 def run(cfg: DictConfig, make_product: Any) -> list[Path]:
-    """Check everything, build the run's model, map every scene; returns the output folder's sidecars."""
-    scenes = find_scenes(OmegaConf.to_container(cfg.inputs) if OmegaConf.is_list(cfg.inputs) else cfg.inputs,
-                         OmegaConf.to_container(cfg.bands) if cfg.bands is not None else None)
-    run_cfg = load_run_config(cfg, MAP_KEYS)
-    checkpoint_path = checkpoint_file(cfg.ckpt_dir, cfg.ckpt)
-    inputs = ModelInputs(run_cfg, run_cfg.encoder.input_size)
-    pooled = bool(cfg.get("pool_to_patch_grid", False))
-    stride = check_settings(cfg, inputs.window, int(run_cfg.encoder.patch_size) if pooled else 1)
-    readers = [inputs.reader(scene, cfg.scale) for scene in scenes]
-    ctx = init_distributed(run_cfg.device)
+    """Check everything, build the run's model, map every scene; returns the sidecars' paths."""
+    ctx = init_distributed(str(cfg.device))
+    readers: list[SceneReader] = []
     try:
         setup_logging(ctx, None)
+        scenes = find_scenes(plain(cfg.inputs), plain(cfg.bands))
+        run_cfg = load_run_config(cfg, MAP_KEYS)
+        checkpoint_path = checkpoint_file(cfg.ckpt_dir, cfg.ckpt)
+        inputs = ModelInputs(run_cfg, run_cfg.encoder.input_size)
+        pooled = bool(cfg.get("pool_to_patch_grid", False))
+        stride = check_settings(cfg, inputs.window, int(run_cfg.encoder.patch_size) if pooled else 1)
+        readers = [inputs.reader(scene, cfg.scale) for scene in scenes]
+        for reader in readers:
+            inputs.check_units(reader)
         model, _ = load_trained_model(run_cfg, checkpoint_path, ctx)
         precision = resolve_precision(run_cfg.task.trainer.precision, ctx.device)
         product = make_product(model, run_cfg, precision)
@@ -137,6 +139,11 @@ def run(cfg: DictConfig, make_product: Any) -> list[Path]:
             reader.close()
         shutdown()
     return [Path(cfg.output_dir) / f"{scene.name}.json" for scene in scenes]
+
+
+def plain(value: Any) -> Any:
+    """A config list as a Python list; anything else as it is."""
+    return OmegaConf.to_container(value) if OmegaConf.is_list(value) else value
 
 
 def predict(cfg: DictConfig) -> list[Path]:

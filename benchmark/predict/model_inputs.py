@@ -3,16 +3,21 @@ statistics, and the run's own evaluation preprocessing, applied to windows of a 
 
 from __future__ import annotations
 
+import logging
 from typing import Sequence
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from benchmark.builders import instantiate_plain
 from benchmark.data.bands import canonical_band_dict
 from benchmark.data.preprocessing import BandAdapter, NormalizeMeanStd
+from benchmark.data.validation import FAR_RATIO
 from benchmark.data.windows import pad_to_window
 from benchmark.predict.scenes import Scene, SceneError, SceneReader
+
+log = logging.getLogger(__name__)
 
 PIXELWISE_STEPS = (NormalizeMeanStd, BandAdapter)
 
@@ -49,6 +54,32 @@ class ModelInputs:
     def reader(self, scene: Scene, scale: float) -> SceneReader:
         """A reader of ``scene``'s bands in the run's dataset band order (missing ones are an error here)."""
         return SceneReader(scene, self.bands, self.means, self.optional, scale)
+
+    def check_units(self, reader: SceneReader, side: int = 256) -> None:
+        """Warn when a central patch of the scene is far from the training statistics (e.g. digital numbers
+        read without ``scale=0.0001``): the model would see values it never saw."""
+        scene = reader.scene
+        height, width = min(side, scene.height), min(side, scene.width)
+        images, nodata = reader.read((scene.height - height) // 2, (scene.width - width) // 2, height, width)
+        if nodata.all():
+            return
+        for modality, image in images.items():
+            medians = np.median(image[:, ~nodata], axis=1)
+            means = np.asarray(self.means[modality])
+            ratios = medians[means > 0] / means[means > 0]
+            ratio = float(np.median(np.abs(ratios))) if ratios.size else 1.0
+            if not 1 / FAR_RATIO < ratio < FAR_RATIO:
+                log.warning(
+                    "%s: %s band medians %s are %.3g times the run's training means %s: if the scene is in other "
+                    "units, set scale=%g", scene.name, modality,
+                    np.round(medians, 4).tolist(), ratio, np.round(means, 4).tolist(),
+                    float(self.scale_to_match(ratio)) * reader.scale,
+                )
+
+    @staticmethod
+    def scale_to_match(ratio: float) -> float:
+        """The power of ten that brings values ``ratio`` times the training means back to them."""
+        return 10.0 ** -round(np.log10(ratio))
 
     def batch(self, reader: SceneReader, positions: Sequence[tuple[int, int]]) -> dict[str, torch.Tensor]:
         """``{modality: (n, C, 1, window, window)}`` for the windows at ``positions``; a window that runs
