@@ -124,8 +124,11 @@ def test_missing_bands_the_model_reads_are_refused_and_unused_ones_filled(tmp_pa
     assert images["optical"].shape == (6, 40, 30) and not nodata.any()
     means = run_config().dataset.data_mean.optical
     assert np.allclose(images["optical"][3:], np.asarray(means[3:])[:, None, None])  # B8A, B11, B12 unused: their mean
-    batch = inputs.batch(reader, [(0, 0), (30, 20)])
+    region = reader.region(0, 0, 46, 36)
+    assert region.images["optical"].shape == (6, 40, 30)  # clipped to the scene
+    batch = inputs.batch(region, [(0, 0), (30, 20)])
     assert batch["optical"].shape == (2, 3, 1, 16, 16) and (batch["optical"][1, :, :, 10:, 10:] == 0).all()  # padded
+    assert (batch["optical"][1, :, :, :10, :10] != 0).all()
     reader.close()
 
 

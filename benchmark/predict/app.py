@@ -66,12 +66,12 @@ def stream_scene(scene: Scene, reader: SceneReader, inputs: ModelInputs, product
             result = None
             if ctx.rank < len(group):
                 block = group[ctx.rank]
+                region = reader.region(*block.extent(inputs.window))
                 values = blend_block(
-                    block, lambda positions: product.run_windows(inputs.batch(reader, positions), ctx.device),
+                    block, lambda positions: product.run_windows(inputs.batch(region, positions), ctx.device),
                     inputs.window, int(cfg.windows_per_batch), ctx.device,
                 )
-                _, nodata = reader.read(block.top, block.left, block.height, block.width)
-                result = product.finish_block(values, nodata)
+                result = product.finish_block(values, region.nodata_of(block.top, block.left, block.height, block.width))
             results = all_gather_object(result) if ctx.distributed else [result]
             if ctx.is_main:
                 for block, arrays in zip(group, results):

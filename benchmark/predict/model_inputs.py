@@ -15,7 +15,7 @@ from benchmark.data.bands import canonical_band_dict
 from benchmark.data.preprocessing import BandAdapter, NormalizeMeanStd
 from benchmark.data.validation import FAR_RATIO
 from benchmark.data.windows import pad_to_window
-from benchmark.predict.scenes import Scene, SceneError, SceneReader
+from benchmark.predict.scenes import Region, Scene, SceneError, SceneReader
 
 log = logging.getLogger(__name__)
 
@@ -81,15 +81,15 @@ class ModelInputs:
         """The power of ten that brings values ``ratio`` times the training means back to them."""
         return 10.0 ** -round(np.log10(ratio))
 
-    def batch(self, reader: SceneReader, positions: Sequence[tuple[int, int]]) -> dict[str, torch.Tensor]:
-        """``{modality: (n, C, 1, window, window)}`` for the windows at ``positions``; a window that runs
-        past the scene's edge is padded with 0 (the normalised mean), as the evaluator pads."""
-        scene = reader.scene
+    def batch(self, region: Region, positions: Sequence[tuple[int, int]]) -> dict[str, torch.Tensor]:
+        """``{modality: (n, C, 1, window, window)}`` for the windows at ``positions`` (scene pixels) cut from
+        ``region``; a window that runs past the scene's edge is padded with 0 (the normalised mean), as the
+        evaluator pads."""
         crops = []
         for top, left in positions:
-            height, width = min(self.window, scene.height - top), min(self.window, scene.width - left)
-            images, _ = reader.read(top, left, height, width)
-            sample = {"image": {m: torch.from_numpy(x)[:, None] for m, x in images.items()}}
+            rows = slice(top - region.top, top - region.top + self.window)
+            columns = slice(left - region.left, left - region.left + self.window)
+            sample = {"image": {m: torch.from_numpy(x[:, rows, columns])[:, None] for m, x in region.images.items()}}
             for step in self.steps:
                 sample = step(sample, None)
             crops.append({m: pad_to_window(x, self.window) for m, x in sample["image"].items()})

@@ -164,6 +164,20 @@ def find_scenes(inputs: str | Sequence[str], bands: Sequence[object] | None = No
     return scenes
 
 
+@dataclass(frozen=True)
+class Region:
+    """Scene rows ``top:`` and columns ``left:`` read at once: ``images[modality]`` (C, h, w) and ``nodata`` (h, w)."""
+
+    top: int
+    left: int
+    images: dict[str, np.ndarray]
+    nodata: np.ndarray
+
+    def nodata_of(self, top: int, left: int, height: int, width: int) -> np.ndarray:
+        """The nodata mask of scene rows ``top:top+height``, columns ``left:left+width`` (inside the region)."""
+        return self.nodata[top - self.top : top - self.top + height, left - self.left : left - self.left + width]
+
+
 class SceneReader:
     """Reads windows of a scene's bands in the order of ``wanted`` (``{modality: [canonical bands]}``).
 
@@ -204,6 +218,12 @@ class SceneReader:
             m: [f"{s.path.name}:{s.index} as {s.name}" if s else "filled" for s in sources]
             for m, sources in self.plan.items()
         }
+
+    def region(self, top: int, left: int, bottom: int, right: int) -> Region:
+        """Rows ``top:bottom`` and columns ``left:right``, clipped to the scene."""
+        bottom, right = min(bottom, self.scene.height), min(right, self.scene.width)
+        images, nodata = self.read(top, left, bottom - top, right - left)
+        return Region(top, left, images, nodata)
 
     def read(self, top: int, left: int, height: int, width: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """``({modality: (C, height, width) float32}, nodata (height, width) bool)`` of a window inside the scene."""

@@ -4,7 +4,8 @@ The scene is covered by one grid of encoder-size windows (:func:`~benchmark.data
 evaluator's grid) and cut into square output blocks. A block's values come from every window that overlaps
 it, blended with weights that fall towards a window's edges, so tile seams do not show; where one window
 alone covers a pixel, the pixel gets exactly that window's output, as in the evaluator. Memory is bounded by
-the block and batch sizes, whatever the scene's size; a window that overlaps two blocks is computed for each.
+the block and batch sizes, whatever the scene's size: a block reads the pixels of its windows at once, and a
+window that overlaps two blocks is computed for each.
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ class Block:
     height: int
     width: int
     windows: tuple[tuple[int, int], ...]
+
+    def extent(self, window: int) -> tuple[int, int, int, int]:
+        """``(top, left, bottom, right)`` of the pixels its windows read (unclipped at the scene's edge)."""
+        tops, lefts = [t for t, _ in self.windows], [l for _, l in self.windows]
+        return min(tops), min(lefts), max(tops) + window, max(lefts) + window
 
 
 def overlapping(starts: Sequence[int], window: int, first: int, end: int) -> list[int]:
