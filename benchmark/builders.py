@@ -26,6 +26,7 @@ from benchmark.engine.precision import resolve_precision
 from benchmark.engine.safe_load import trusted_pickle_files
 from benchmark.models.encoders.base import architecture_config
 from benchmark.models.encoders.weights import load_pretrained
+from benchmark.models.lora import LoraSettings, add_lora
 from benchmark.models.segmentor import Segmentor
 
 log = logging.getLogger(__name__)
@@ -171,6 +172,10 @@ def build_segmentor(cfg: DictConfig, mode: str, ctx: DistContext) -> Segmentor:
     else:
         with trusted_pickle_files(cfg.get("trusted_pickle_files")):  # the user's opt-in for pickled objects
             load_pretrained(encoder, cfg.encoder.get("encoder_weights"), cfg.encoder.get("download_url"))
+    if mode == "lora":
+        settings = LoraSettings(**cfg.lora)
+        adapted = add_lora(encoder, encoder.lora_targets, settings)
+        log.info("LoRA: rank %d, alpha %g on %d layers of %s; its other weights stay frozen", settings.rank, settings.alpha, adapted, type(encoder).__name__)
     decoder = instantiate_plain(cfg.decoder, in_dims=encoder.output_dims, _convert_="all")
     model = Segmentor(encoder, decoder, mode)
     if ctx.distributed and ctx.device.type == "cuda":

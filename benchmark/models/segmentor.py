@@ -1,6 +1,7 @@
 """Encoder + decoder + training mode: ``frozen`` (pretrained encoder, only the decoder trains),
-``unfrozen`` (pretrained encoder, everything trains) or ``random`` (same architecture, random init,
-everything trains); PANGAEA's ``finetune`` flag is accepted as an alias."""
+``unfrozen`` (pretrained encoder, everything trains), ``random`` (same architecture, random init,
+everything trains) or ``lora`` (pretrained encoder frozen, low-rank adapters on its projections and the
+decoder train); PANGAEA's ``finetune`` flag is accepted as an alias."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import torch
 from torch import nn
 
 from benchmark.models.encoders.base import Encoder
+from benchmark.models.lora import adapter_state_dict, load_adapter_state_dict
 
-MODES = ("frozen", "unfrozen", "random")
+MODES = ("frozen", "unfrozen", "random", "lora")
 
 
 def resolve_mode(mode: str, finetune: bool | None) -> str:
@@ -35,7 +37,8 @@ class Segmentor(nn.Module):
 
     Modes: ``frozen`` keeps the pretrained encoder in eval mode without gradients (only the decoder
     trains); ``unfrozen`` trains everything from the pretrained weights; ``random`` trains everything
-    from random initialisation.
+    from random initialisation; ``lora`` trains the decoder and the adapters that
+    :func:`~benchmark.models.lora.add_lora` injected into the (otherwise frozen) encoder.
     """
 
     def __init__(self, encoder: Encoder, decoder: nn.Module, mode: str) -> None:
@@ -70,15 +73,20 @@ class Segmentor(nn.Module):
         return self.decoder(self.encode(image), output_size)
 
     def trainable_state_dict(self) -> dict[str, Any]:
-        """What a checkpoint must hold: the decoder, plus the encoder when it trains."""
+        """What a checkpoint must hold: the decoder, plus the encoder when it trains (only its adapters
+        under LoRA: the base weights are the release file's)."""
         state = {"decoder": self.decoder.state_dict()}
-        if self.encoder_trains:
+        if self.mode == "lora":
+            state["encoder_adapters"] = adapter_state_dict(self.encoder)
+        elif self.encoder_trains:
             state["encoder"] = self.encoder.state_dict()
         return state
 
     def load_trainable_state_dict(self, state: dict[str, Any]) -> None:
         self.decoder.load_state_dict(state["decoder"])
-        if self.encoder_trains:
+        if self.mode == "lora":
+            load_adapter_state_dict(self.encoder, state.get("encoder_adapters", {}))
+        elif self.encoder_trains:
             if "encoder" not in state:
                 raise ValueError(f"the checkpoint holds no encoder weights but mode={self.mode} trains the encoder")
             self.encoder.load_state_dict(state["encoder"])

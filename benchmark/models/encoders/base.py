@@ -46,9 +46,13 @@ class Encoder(nn.Module):
         output_layers: 0-based block indices whose outputs are returned.
         output_dims: channels of each returned map.
         release_layouts: the layouts of the family's release files, tried in order.
+        lora_targets: regular expressions over module names of the layers LoRA adapts: ``attention``
+            (the q/k/v and output projections; a fused qkv is one layer) and ``mlp``. The default names
+            are timm's ViT blocks'.
     """
 
     release_layouts: tuple[ReleaseLayout, ...] = ()
+    lora_targets: dict[str, str] = {"attention": r".*\.attn\.(qkv|proj)", "mlp": r".*\.mlp\.(fc1|fc2)"}
 
     def __init__(
         self,

@@ -56,6 +56,7 @@ class CROMA(Encoder):
         num_heads: attention heads (16 in both releases).
     """
 
+    lora_targets = {"attention": r".*\.(to_qkv|to_q|to_k|to_v|to_out)", "mlp": r".*\.net\.(0|3)"}
     release_layouts = (RELEASE_LAYOUT,)
 
     def __init__(
