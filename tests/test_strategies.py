@@ -50,3 +50,71 @@ def test_schedules_refuse_fractions_outside_the_run() -> None:
         cosine_warmup(optimizer(), total_iters=10, warmup_fraction=1.0)
     with pytest.raises(ValueError, match="milestones"):
         multi_step_lr(optimizer(), total_iters=10, milestones=(0.5, 1.2))
+
+
+def tiny_model(tmp_path, mode: str, *extra: str):
+    from hydra import compose, initialize_config_dir
+
+    from benchmark import builders
+    from benchmark.distributed import DistContext
+    from conftest import REPO, tiny_overrides
+    from test_pipeline import tiny_weights_file
+
+    weights = tiny_weights_file(tmp_path / "mae.pth")
+    with initialize_config_dir(str(REPO / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=tiny_overrides(tmp_path / "d", tmp_path / "w") + [f"mode={mode}", f"encoder.encoder_weights={weights}", *extra])
+    cpu = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    return cfg, builders.build_segmentor(cfg, mode, cpu)
+
+
+def gradients_after_a_step(model) -> set[str]:
+    """Names of the encoder parameters that receive a gradient from one training step."""
+    model.train()
+    image = {"optical": torch.randn(2, len(model.encoder.input_bands["optical"]), 1, 32, 32)}
+    model(image, (32, 32)).sum().backward()
+    return {n for n, p in model.encoder.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+
+
+def test_partial_trains_only_the_last_blocks_and_what_follows(tmp_path) -> None:
+    _, model = tiny_model(tmp_path, "partial", "unfreeze_last=2")  # 4 blocks: 2 and 3 train
+    trained = gradients_after_a_step(model)
+    assert trained and all(n.startswith(("blocks.2.", "blocks.3.")) for n in trained)
+    assert {n.split(".")[1] for n in trained} == {"2", "3"}
+    assert all(p.grad is not None for p in model.decoder.parameters() if p.requires_grad)
+    assert set(model.trainable_state_dict()) == {"decoder", "encoder"}
+
+
+def test_partial_refuses_more_blocks_than_the_encoder_has(tmp_path) -> None:
+    with pytest.raises(ValueError, match="unfreeze_last=5: SSL4EOMAE has 4 blocks; use 1..4"):
+        tiny_model(tmp_path, "partial", "unfreeze_last=5")
+
+
+def test_layer_wise_decay_gives_each_depth_its_learning_rate(tmp_path) -> None:
+    from benchmark import builders
+
+    cfg, model = tiny_model(tmp_path, "unfrozen", "optimizer.lr=1e-3", "encoder_lr_scale=0.5", "encoder_lr_decay=0.75")
+    optimizer = builders.build_optimizer(cfg, model)
+    decoder, *encoder = optimizer.param_groups
+    assert decoder["lr"] == pytest.approx(1e-3)
+    by_depth = {g["depth"]: g["lr"] for g in encoder}
+    # 4 blocks: embeddings (depth 0) 0.5e-3 x 0.75^5, block i (depth i+1) x 0.75^(4-i); no final norm in MAE features
+    assert by_depth == pytest.approx({d: 0.5e-3 * 0.75 ** (5 - d) for d in range(5)})
+    covered = {id(p) for g in encoder for p in g["params"]}
+    assert covered == {id(p) for p in model.encoder.parameters() if p.requires_grad}
+    names = {id(p): n for n, p in model.encoder.named_parameters()}
+    assert all(names[id(p)].startswith("blocks.3.") for g in encoder if g["depth"] == 4 for p in g["params"])
+    assert any(names[id(p)] == "patch_embed.proj.weight" for g in encoder if g["depth"] == 0 for p in g["params"])
+
+
+@pytest.mark.slow
+def test_a_partial_run_completes_and_records_its_mode(synthetic_root, tmp_path) -> None:
+    import json
+
+    from conftest import only_run_dir, run_benchmark, tiny_overrides
+    from test_pipeline import tiny_weights_file
+
+    weights = tiny_weights_file(tmp_path / "mae.pth")
+    run_benchmark(tiny_overrides(synthetic_root, tmp_path / "wd") + ["mode=partial", "unfreeze_last=1", f"encoder.encoder_weights={weights}", "task.trainer.n_epochs=1"])
+    results = json.loads((only_run_dir(tmp_path / "wd") / "results.json").read_text())
+    assert results["status"] == "completed" and results["config"]["mode"] == "partial"
+    assert results["cost"]["trainable_params"] < results["cost"]["total_params"]

@@ -1,7 +1,7 @@
 """Encoder + decoder + training mode: ``frozen`` (pretrained encoder, only the decoder trains),
 ``unfrozen`` (pretrained encoder, everything trains), ``random`` (same architecture, random init,
-everything trains) or ``lora`` (pretrained encoder frozen, low-rank adapters on its projections and the
-decoder train); PANGAEA's ``finetune`` flag is accepted as an alias."""
+everything trains), ``partial`` (pretrained encoder, its last blocks and the decoder train) or ``lora``
+(pretrained encoder frozen, low-rank adapters on its projections and the decoder train); PANGAEA's ``finetune`` flag is accepted as an alias."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from benchmark.models.encoder_layers import train_last_blocks
 from benchmark.models.encoders.base import Encoder
 from benchmark.models.lora import adapter_state_dict, load_adapter_state_dict
 
-MODES = ("frozen", "unfrozen", "random", "lora")
+MODES = ("frozen", "partial", "lora", "unfrozen", "random")
 
 
 def resolve_mode(mode: str, finetune: bool | None) -> str:
@@ -37,11 +38,12 @@ class Segmentor(nn.Module):
 
     Modes: ``frozen`` keeps the pretrained encoder in eval mode without gradients (only the decoder
     trains); ``unfrozen`` trains everything from the pretrained weights; ``random`` trains everything
-    from random initialisation; ``lora`` trains the decoder and the adapters that
+    from random initialisation; ``partial`` trains the last ``unfreeze_last`` encoder blocks (and what
+    follows them) with the decoder; ``lora`` trains the decoder and the adapters that
     :func:`~benchmark.models.lora.add_lora` injected into the (otherwise frozen) encoder.
     """
 
-    def __init__(self, encoder: Encoder, decoder: nn.Module, mode: str) -> None:
+    def __init__(self, encoder: Encoder, decoder: nn.Module, mode: str, unfreeze_last: int | None = None) -> None:
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -51,6 +53,8 @@ class Segmentor(nn.Module):
         if mode == "frozen":
             self.encoder.requires_grad_(False)
             self.encoder.eval()
+        if mode == "partial":
+            train_last_blocks(self.encoder, int(unfreeze_last or 0))
 
     @property
     def encoder_trains(self) -> bool:

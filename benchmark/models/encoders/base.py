@@ -77,6 +77,12 @@ class Encoder(nn.Module):
         side = self.input_size // self.patch_size
         return side, side
 
+    def transformer_blocks(self) -> list[nn.Module]:
+        """The built transformer blocks, input to output (``mode=partial``, ``encoder_lr_decay``)."""
+        if not isinstance(getattr(self, "blocks", None), nn.ModuleList):
+            raise ValueError(f"{type(self).__name__} has no transformer blocks: mode=partial and encoder_lr_decay apply to ViT encoders")
+        return list(self.blocks)
+
     def unbuilt_prefixes(self) -> tuple[str, ...]:
         """State-dict prefixes of the release's modules that this configuration does not build (blocks
         past the deepest requested output, another sensor's encoder): their weights are not loaded."""

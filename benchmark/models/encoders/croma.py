@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 import torch
+from torch import nn
 
 from benchmark.models.encoders.base import Encoder
 from benchmark.models.encoders.croma_layers import Transformer, ViT, alibi_2d
@@ -114,6 +115,11 @@ class CROMA(Encoder):
     @property
     def output_transformer(self) -> Transformer:
         return self.get_submodule(self.output_path)
+
+    def transformer_blocks(self) -> list[nn.Module]:
+        """The layers of the transformer whose outputs are returned (the cross-encoder's for joint input;
+        the sensor encoders of a joint model count as coming before them)."""
+        return list(self.output_transformer.layers)
 
     def unbuilt_prefixes(self) -> tuple[str, ...]:
         """The networks this variant does not use, and output layers past the deepest requested one."""
