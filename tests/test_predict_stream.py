@@ -120,28 +120,29 @@ def test_missing_bands_the_model_reads_are_refused_and_unused_ones_filled(tmp_pa
     with pytest.raises(SceneError, match="scene rg lacks band.* B2 that the run's model reads"):
         inputs.reader(scenes["rg"], scale=1.0)
     reader = inputs.reader(scenes["rgb"], scale=1.0)
-    images, nodata = reader.read(0, 0, 40, 30)
-    assert images["optical"].shape == (6, 40, 30) and not nodata.any()
-    means = run_config().dataset.data_mean.optical
-    assert np.allclose(images["optical"][3:], np.asarray(means[3:])[:, None, None])  # B8A, B11, B12 unused: their mean
-    region = reader.region(0, 0, 46, 36)
-    assert region.images["optical"].shape == (6, 40, 30)  # clipped to the scene
-    batch = inputs.batch(region, [(0, 0), (30, 20)])
-    assert batch["optical"].shape == (2, 3, 1, 16, 16) and (batch["optical"][1, :, :, 10:, 10:] == 0).all()  # padded
-    assert (batch["optical"][1, :, :, :10, :10] != 0).all()
-    reader.close()
+    assert not reader.handles  # files are opened by the context manager only
+    with reader:
+        images, nodata = reader.read(0, 0, 40, 30)
+        assert images["optical"].shape == (6, 40, 30) and not nodata.any()
+        means = run_config().dataset.data_mean.optical
+        assert np.allclose(images["optical"][3:], np.asarray(means[3:])[:, None, None])  # B8A, B11, B12 unused: their mean
+        region = reader.region(0, 0, 46, 36)
+        assert region.images["optical"].shape == (6, 40, 30)  # clipped to the scene
+        batch = inputs.batch(region, [(0, 0), (30, 20)])
+        assert batch["optical"].shape == (2, 3, 1, 16, 16) and (batch["optical"][1, :, :, 10:, 10:] == 0).all()  # padded
+        assert (batch["optical"][1, :, :, :10, :10] != 0).all()
+    assert not reader.handles
 
 
 def test_nodata_pixels_are_reported_and_read_as_the_training_mean(tmp_path: Path) -> None:
     write(tmp_path / "rgb.tif", 3, ["B4", "B3", "B2"], nodata=-1.0)
     with rasterio.open(tmp_path / "rgb.tif", "r+") as dst:
         dst.write(np.array([[-1.0, np.nan], [-9999.0, 0.2]], dtype=np.float32), 2, window=rasterio.windows.Window(0, 0, 2, 2))
-    reader = ModelInputs(run_config(), window=16).reader(find_scenes(str(tmp_path / "rgb.tif"))[0], scale=1.0)
-    images, nodata = reader.read(0, 0, 2, 2)
+    with ModelInputs(run_config(), window=16).reader(find_scenes(str(tmp_path / "rgb.tif"))[0], scale=1.0) as reader:
+        images, nodata = reader.read(0, 0, 2, 2)
     assert nodata.tolist() == [[True, True], [True, False]]
     mean_b3 = run_config().dataset.data_mean.optical[1]
     assert np.allclose(images["optical"][1][nodata], mean_b3) and images["optical"][1][1, 1] == np.float32(0.2)
-    reader.close()
 
 
 def test_runs_whose_evaluation_resizes_tiles_are_refused() -> None:

@@ -181,7 +181,7 @@ class Region:
 class SceneReader:
     """Reads windows of a scene's bands in the order of ``wanted`` (``{modality: [canonical bands]}``).
 
-    Values are multiplied by ``scale``. A pixel is nodata where any band read from a file holds its file's
+    Use it as a context manager (``with reader:``), which opens the files. Values are multiplied by ``scale``. A pixel is nodata where any band read from a file holds its file's
     nodata value, -9999, NaN or infinity; there every band reads as its ``means`` value (the training mean,
     which normalises to 0), as does a band in ``optional`` that the scene lacks.
     """
@@ -206,11 +206,18 @@ class SceneReader:
             )
         self.plan = {m: [by_name.get(b) for b in bands] for m, bands in wanted.items()}
         self.means = {m: [np.float32(v) for v in means[m]] for m in wanted}
-        self.handles = {p: open_quietly(p) for p in {s.path for s in by_name.values()}}
+        self.paths = sorted({s.path for s in by_name.values()})
+        self.handles: dict[Path, rasterio.io.DatasetReader] = {}
 
-    def close(self) -> None:
+    def __enter__(self) -> "SceneReader":
+        """Open the scene's files (closed on exit: a folder of many scenes never holds them all open)."""
+        self.handles = {p: open_quietly(p) for p in self.paths}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
         for handle in self.handles.values():
             handle.close()
+        self.handles = {}
 
     def bands_used(self) -> dict[str, list[str]]:
         """``{modality: ["<file>:<band index> as <name>" or "filled"]}``, in the model's band order."""
