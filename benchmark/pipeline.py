@@ -16,7 +16,8 @@ from benchmark.atomic import write_json
 from benchmark.config_checks import check_config
 from benchmark.distributed import DistContext, barrier, init_distributed, process_seed, shutdown
 from benchmark.engine.checkpoint import load_checkpoint, seed_everything
-from benchmark.engine.trainer import Trainer, peak_memory_mb
+from benchmark.engine.precision import peak_memory_mb
+from benchmark.engine.trainer import Trainer
 from benchmark.failures import PeerFailedError
 from benchmark.models.segmentor import resolve_mode
 from benchmark.results import CHOICE_GROUPS, Cost, completed_result, completed_results, failed_result, write_results

@@ -118,3 +118,24 @@ def test_a_partial_run_completes_and_records_its_mode(synthetic_root, tmp_path) 
     results = json.loads((only_run_dir(tmp_path / "wd") / "results.json").read_text())
     assert results["status"] == "completed" and results["config"]["mode"] == "partial"
     assert results["cost"]["trainable_params"] < results["cost"]["total_params"]
+
+
+def test_progressive_unfreezes_one_depth_per_epoch_from_the_top(tmp_path) -> None:
+    from benchmark import builders
+
+    cfg, model = tiny_model(tmp_path, "progressive", "progressive.head_epochs=1", "progressive.epochs_per_block=1")
+    optimizer = builders.build_optimizer(cfg, model)
+    learnable = [p for p in model.parameters() if p.requires_grad]  # all but the fixed sin-cos pos_embed
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(learnable) == len(list(model.parameters())) - 1
+    expected = [set(), {"3"}, {"2", "3"}, {"1", "2", "3"}, {"0", "1", "2", "3"}]
+    for epoch, blocks in enumerate(expected):
+        model.zero_grad(set_to_none=True)
+        assert model.set_epoch(epoch) is not None  # every epoch here changes what trains
+        trained = gradients_after_a_step(model)
+        assert {n.split(".")[1] for n in trained if n.startswith("blocks.")} == blocks, epoch
+        assert ("patch_embed.proj.weight" in trained) == (epoch >= 5)
+    model.zero_grad(set_to_none=True)
+    model.set_epoch(5)
+    assert "patch_embed.proj.weight" in gradients_after_a_step(model)
+    assert not model.encoder.pos_embed.requires_grad  # a fixed table stays fixed
+    assert model.set_epoch(6) is None  # nothing left to unfreeze

@@ -1,5 +1,5 @@
 """Numeric precision and device placement of the tensors the model reads, shared by training, evaluation
-and the feature cache so that all three compute alike."""
+and the feature cache so that all three compute alike; the device's peak memory."""
 
 from __future__ import annotations
 
@@ -31,3 +31,12 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     if "features" in batch:
         return {"features": [f.to(device, non_blocking=True).float() for f in batch["features"]]}
     return {"image": {m: x.to(device, non_blocking=True) for m, x in batch["image"].items()}}
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak CUDA memory allocated, or the process's peak resident set size on CPU, in MiB."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -33,15 +33,6 @@ class NonFiniteLossError(FloatingPointError):
     """The loss or the gradients became NaN or infinite."""
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak CUDA memory allocated, or the process's peak resident set size on CPU, in MiB."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def training_forward(model: Segmentor, ctx: DistContext) -> Callable[[dict[str, Any], tuple[int, int]], torch.Tensor]:
     """``forward(inputs, output_size)`` for training, with DDP over the trainable part only.
 
@@ -201,7 +192,17 @@ class Trainer:
             lines = path.read_text().splitlines()[: last_epoch + 1]
             path.write_text("".join(line + "\n" for line in lines))
 
+    def follow_schedule(self, epoch: int) -> None:
+        """Under ``mode=progressive``, let what the schedule says train from ``epoch`` on (DDP is rebuilt
+        over the new set of trainable parameters)."""
+        change = self.model.set_epoch(epoch)
+        if change is not None:
+            log.info("epoch %d: %s", epoch + 1, change)
+            self.forward = training_forward(self.model, self.ctx)
+            self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+
     def train_epoch(self, epoch: int) -> float:
+        self.follow_schedule(epoch)
         self.model.train()
         self.train_loader.sampler.set_epoch(epoch)
         device = self.ctx.device

@@ -1,5 +1,6 @@
 """An encoder's parameters by depth, for the strategies between frozen and unfrozen: training only the
-last blocks (``mode=partial``) and layer-wise learning-rate decay (``encoder_lr_decay``).
+last blocks (``mode=partial``), unfreezing them top-down (``mode=progressive``) and layer-wise
+learning-rate decay (``encoder_lr_decay``).
 
 Depth 0 holds what comes before the first transformer block (patch embedding, tokens, position tables),
 depth ``i + 1`` block ``i``, depth ``n + 1`` what follows the last block (a final norm). The blocks are
@@ -7,6 +8,8 @@ the family's :meth:`~benchmark.models.encoders.base.Encoder.transformer_blocks`.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from torch import nn
 
@@ -29,12 +32,12 @@ def parameter_depths(encoder: Encoder) -> tuple[dict[str, int], int]:
 
 
 def train_last_blocks(encoder: Encoder, count: int) -> None:
-    """Freeze ``encoder`` but for its last ``count`` blocks and what follows them."""
+    """Freeze ``encoder`` but for its last ``count`` blocks and what follows them (fixed tables stay fixed)."""
     depths, blocks = parameter_depths(encoder)
     if not 1 <= count <= blocks:
         raise ValueError(f"unfreeze_last={count}: {type(encoder).__name__} has {blocks} blocks; use 1..{blocks}")
     for name, param in encoder.named_parameters():
-        param.requires_grad_(depths[name] > blocks - count)
+        param.requires_grad_(param.requires_grad and depths[name] > blocks - count)
 
 
 def decayed_groups(encoder: Encoder, lr: float, decay: float) -> list[dict]:
@@ -48,3 +51,35 @@ def decayed_groups(encoder: Encoder, lr: float, decay: float) -> list[dict]:
         if param.requires_grad:
             groups.setdefault(depths[name], []).append(param)
     return [{"params": params, "lr": lr * decay ** (blocks + 1 - depth), "depth": depth} for depth, params in sorted(groups.items())]
+
+
+@dataclass(frozen=True)
+class ProgressiveSchedule:
+    """``mode=progressive``: the decoder alone for ``head_epochs`` epochs, then the encoder's depths join
+    from the top (what follows the blocks and the last block first), one more every ``epochs_per_block``
+    epochs, the embeddings last, until everything trains."""
+
+    head_epochs: int = 2
+    epochs_per_block: int = 1
+
+    def __post_init__(self) -> None:
+        if self.head_epochs < 0 or self.epochs_per_block < 1:
+            raise ValueError(f"progressive.head_epochs must be >= 0 and progressive.epochs_per_block >= 1: got {self}")
+
+    def lowest_depth(self, epoch: int, blocks: int) -> int | None:
+        """The lowest depth that trains in (0-based) ``epoch``; None while the encoder is frozen."""
+        if epoch < self.head_epochs:
+            return None
+        return max(0, blocks - (epoch - self.head_epochs) // self.epochs_per_block)
+
+
+def train_from_depth(encoder: Encoder, lowest: int | None, learnable: frozenset[str]) -> list[str]:
+    """Let the ``learnable`` parameters at ``lowest`` depth and above train (none when ``lowest`` is None);
+    returns their names. Parameters outside ``learnable`` (fixed position tables) never train."""
+    depths, _ = parameter_depths(encoder)
+    trained = []
+    for name, param in encoder.named_parameters():
+        param.requires_grad_(lowest is not None and name in learnable and depths[name] >= lowest)
+        if param.requires_grad:
+            trained.append(name)
+    return trained

@@ -10,11 +10,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmark.models.encoder_layers import train_last_blocks
+from benchmark.models.encoder_layers import ProgressiveSchedule, train_from_depth, train_last_blocks
 from benchmark.models.encoders.base import Encoder
 from benchmark.models.lora import adapter_state_dict, load_adapter_state_dict
 
-MODES = ("frozen", "partial", "lora", "unfrozen", "random")
+MODES = ("frozen", "partial", "progressive", "lora", "unfrozen", "random")
 
 
 def resolve_mode(mode: str, finetune: bool | None) -> str:
@@ -39,11 +39,19 @@ class Segmentor(nn.Module):
     Modes: ``frozen`` keeps the pretrained encoder in eval mode without gradients (only the decoder
     trains); ``unfrozen`` trains everything from the pretrained weights; ``random`` trains everything
     from random initialisation; ``partial`` trains the last ``unfreeze_last`` encoder blocks (and what
-    follows them) with the decoder; ``lora`` trains the decoder and the adapters that
+    follows them) with the decoder; ``progressive`` trains the decoder alone first, then lets the encoder's
+    blocks join from the top (:class:`~benchmark.models.encoder_layers.ProgressiveSchedule`); ``lora`` trains the decoder and the adapters that
     :func:`~benchmark.models.lora.add_lora` injected into the (otherwise frozen) encoder.
     """
 
-    def __init__(self, encoder: Encoder, decoder: nn.Module, mode: str, unfreeze_last: int | None = None) -> None:
+    def __init__(
+        self,
+        encoder: Encoder,
+        decoder: nn.Module,
+        mode: str,
+        unfreeze_last: int | None = None,
+        progressive: ProgressiveSchedule | None = None,
+    ) -> None:
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -55,6 +63,25 @@ class Segmentor(nn.Module):
             self.encoder.eval()
         if mode == "partial":
             train_last_blocks(self.encoder, int(unfreeze_last or 0))
+        # Progressive: everything is trainable when the optimizer is built; set_epoch then freezes what waits.
+        self.progressive = (progressive or ProgressiveSchedule()) if mode == "progressive" else None
+        self.lowest_trained_depth: int | None = -1
+        self.learnable = frozenset(n for n, p in self.encoder.named_parameters() if p.requires_grad)
+
+    def set_epoch(self, epoch: int) -> str | None:
+        """Apply the progressive schedule for ``epoch``; a description of what trains when that changed."""
+        if self.progressive is None:
+            return None
+        lowest = self.progressive.lowest_depth(epoch, len(self.encoder.transformer_blocks()))
+        if lowest == self.lowest_trained_depth:
+            return None
+        self.lowest_trained_depth = lowest
+        trained = train_from_depth(self.encoder, lowest, self.learnable)
+        if lowest is None:
+            return "the decoder trains; the encoder is frozen"
+        blocks = len(self.encoder.transformer_blocks())
+        first = "the embeddings" if lowest == 0 else f"block {lowest - 1}"
+        return f"the decoder and the encoder from {first} up train ({len(trained)} tensors; {blocks} blocks)"
 
     @property
     def encoder_trains(self) -> bool:
