@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Burn-scar study, part 1: frozen vs unfrozen vs random-init encoder, for each encoder, then the report.
+# Burn-scar study, part 1: frozen vs unfrozen vs random-init encoder vs LoRA, for each encoder, then the report.
 #
 #   scripts/sweep_modes.sh [key=value ...]        # extra overrides go to every run
 #

@@ -117,7 +117,7 @@ def test_driver_runs_new_jobs_under_torchrun_and_skips_finished_ones(work_dir: P
 
 def test_experiments_sweep_modes_and_the_five_decoders() -> None:
     modes = compose_sweep(["experiment=modes", "encoder=dofa"])
-    assert dict(modes.hydra.sweeper.params) == {"mode": "frozen,unfrozen,random", "seed": "0,1,2"}
+    assert dict(modes.hydra.sweeper.params) == {"mode": "frozen,unfrozen,random,lora", "seed": "0,1,2"}
     assert modes.resume and modes.hydra.runtime.choices.encoder == "dofa"
     decoders = compose_sweep(["experiment=decoders", "dataset=synthetic_burnscars"])
     assert decoders.hydra.sweeper.params.decoder.split(",") == DECODERS and decoders.resume
