@@ -7,9 +7,12 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from benchmark.compat import pangaea_problems
+from benchmark.models.segmentor import MODES, resolve_mode
 
 
 class ConfigError(ValueError):
@@ -52,7 +55,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "task.trainer.precision": (_one_of("auto", "fp32", "bf16"), "auto, fp32 or bf16"),
     "task.evaluator.sliding_inference_batch": (_at_least(1), "an integer >= 1 (windows per forward pass)"),
     "device": (_one_of("auto", "cpu", "cuda"), "auto, cpu or cuda"),
-    "mode": (_one_of("frozen", "unfrozen", "random"), "frozen, unfrozen or random"),
+    "mode": (_one_of(*MODES), ", ".join(MODES[:-1]) + " or " + MODES[-1]),
     "cache_dtype": (_one_of("float16", "float32"), "float16 or float32"),
     "use_wandb": (lambda v: isinstance(v, bool), "true or false"),
 }
@@ -74,6 +77,57 @@ def _window_problems(cfg: DictConfig) -> list[str]:
     if stride is not None and not (_is_int(stride) and 1 <= stride <= window):
         problems.append(f"task.evaluator.stride={stride!r}: must be null (PANGAEA's grid) or an integer in [1, {window}]")
     return problems
+
+
+def _encoder_label(cfg: DictConfig) -> str:
+    """``encoder=<choice>`` as the user typed it (from Hydra when it composed this run, from a saved run's
+    ``choices``), else the encoder class."""
+    choice = HydraConfig.get().runtime.choices.get("encoder") if HydraConfig.initialized() else None
+    choice = choice or OmegaConf.select(cfg, "choices.encoder")
+    if choice:
+        return f"encoder={choice}"
+    return "encoder " + str(OmegaConf.select(cfg, "encoder._target_", default="?")).rpartition(".")[2]
+
+
+def _weights_problems(cfg: DictConfig) -> list[str]:
+    """An encoder without weights (``encoder_weights: null``) can only be trained from scratch."""
+    if OmegaConf.select(cfg, "encoder.encoder_weights", default="absent") is not None:
+        return []
+    mode, finetune = OmegaConf.select(cfg, "mode"), OmegaConf.select(cfg, "finetune")
+    try:
+        effective = resolve_mode(mode, finetune)
+    except ValueError:
+        return []  # an unknown mode or a contradicting finetune is reported by its own rule
+    if effective == "random":
+        return []
+    if finetune is not None:
+        asked = f"finetune={str(finetune).lower()}, i.e. mode={effective}"
+    else:
+        asked = f"mode={mode}" + (", the default" if mode == "frozen" else "")
+    if OmegaConf.select(cfg, "encoder.download_url") is None:  # the config says so: a from-scratch baseline
+        return [
+            f"{_encoder_label(cfg)} has no pretrained weights: it is a from-scratch baseline; run it with "
+            f"mode=random (got {asked})"
+        ]
+    return [
+        f"encoder.encoder_weights=null: {_encoder_label(cfg)} starts from its release file (got {asked}); "
+        "set encoder.encoder_weights=<path to the file>, or run it with mode=random"
+    ]
+
+
+def _pairing_problems(cfg: DictConfig) -> list[str]:
+    """A decoder built for a feature pyramid (``needs_pyramid``) needs an encoder that returns one."""
+    try:
+        decoder = get_class(str(OmegaConf.select(cfg, "decoder._target_")))
+        encoder = get_class(str(OmegaConf.select(cfg, "encoder._target_")))
+    except (ImportError, ValueError):  # a target that does not import is reported when the model is built
+        return []
+    if not getattr(decoder, "needs_pyramid", False) or getattr(encoder, "pyramid_output", False):
+        return []
+    return [
+        f"decoder {decoder.__name__} needs an encoder whose maps halve in size level by level (encoder=unet); "
+        f"{encoder.__name__} returns maps of one resolution: use another decoder (e.g. decoder=seg_upernet)"
+    ]
 
 
 def _unwritable(folder: Path) -> str | None:
@@ -98,6 +152,8 @@ def config_problems(cfg: DictConfig, check_work_dir: bool = True) -> list[str]:
         if not check(value):
             problems.append(f"{key}={value!r}: must be {valid}")
     problems += _window_problems(cfg)
+    problems += _weights_problems(cfg)
+    problems += _pairing_problems(cfg)
     problems += pangaea_problems(cfg)
     if check_work_dir and "work_dir" in cfg:
         why = _unwritable(Path(os.path.expanduser(str(cfg.work_dir))))
