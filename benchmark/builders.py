@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from benchmark.compat import dataset_arguments
 from benchmark.data.loaders import EpochShuffleSampler, ShardSampler, make_loader
 from benchmark.data.preprocessing import PreprocessedDataset
+from benchmark.data.subsets import SUBSET_KEYS, requested_subset, restrict, train_subset
 from benchmark.distributed import DistContext, main_then_share
 from benchmark.engine.evaluator import Evaluator
 from benchmark.engine.feature_cache import FeatureCache
@@ -26,6 +27,7 @@ from benchmark.engine.precision import resolve_precision
 from benchmark.engine.safe_load import trusted_pickle_files
 from benchmark.models.encoders.base import architecture_config
 from benchmark.models.encoders.weights import load_pretrained
+from benchmark.models.encoder_layers import ProgressiveSchedule, decayed_groups
 from benchmark.models.lora import LoraSettings, add_lora
 from benchmark.models.segmentor import Segmentor
 
@@ -52,29 +54,46 @@ def build_dataset(cfg: DictConfig, split: str, ctx: DistContext) -> Preprocessed
     """The ``split`` of ``cfg.dataset`` with ``cfg.preprocessing[split]`` applied.
 
     Rank 0 builds first so that a download or synthetic generation happens once per machine. PANGAEA keys
-    that the dataset class does not take stay out of it (:func:`benchmark.compat.dataset_arguments`).
+    that the dataset class does not take stay out of it (:func:`benchmark.compat.dataset_arguments`). On the
+    train split, ``dataset.train_fraction`` < 1 keeps a stratified subset of the checked split's tiles, read
+    (or first drawn and written) by rank 0 and shared (:mod:`benchmark.data.subsets`).
     """
     raster_cache = str(Path(cfg.cache_dir) / "rasters") if cfg.cache else None
+    fraction, draw = requested_subset(cfg.dataset)  # a bad value stops the run before any file is read
+    subset = split == "train" and fraction < 1.0
 
     def build() -> Dataset:
-        return instantiate_plain(dataset_arguments(cfg.dataset), split=split, cache_dir=raster_cache, _convert_="all")
+        return instantiate_plain(class_arguments(cfg.dataset), split=split, cache_dir=raster_cache, _convert_="all")
 
     built: dict[str, Dataset] = {}
 
-    def build_on_rank_0() -> None:
+    def build_on_rank_0() -> list[str] | None:
         built["dataset"] = build()
+        return train_subset(built["dataset"], cfg.dataset, fraction, draw) if subset else None
 
     # rank 0 first; its error (e.g. the list of bad files) reaches every rank instead of leaving them waiting
-    main_then_share(ctx, build_on_rank_0, f"building the {split} dataset")
+    chosen = main_then_share(ctx, build_on_rank_0, f"building the {split} dataset")
     dataset = built["dataset"] if ctx.is_main else build()
+    if chosen is not None:  # every rank trains on rank 0's reading of the subset file
+        restrict(dataset, chosen)
     steps = [instantiate_plain(step, _convert_="all") for step in cfg.preprocessing[split]]
     return PreprocessedDataset(dataset, steps, seed=cfg.seed)
 
 
+def class_arguments(dataset: DictConfig) -> dict[str, Any]:
+    """What the dataset class is built from: :func:`benchmark.compat.dataset_arguments` without the keys that
+    choose a subset of the built train split (:mod:`benchmark.data.subsets`)."""
+    arguments = dataset_arguments(dataset)
+    for key in SUBSET_KEYS:
+        arguments.pop(key, None)
+    return arguments
+
+
 def cache_key(cfg: DictConfig, split: str) -> dict[str, Any]:
     """The dataset and preprocessing settings that the encoder features of ``split`` depend on: what the dataset
-    class is built from, so that PANGAEA keys it ignores (``dataset.distribution=...``) reuse the cache."""
-    dataset = dataset_arguments(cfg.dataset)
+    class is built from, so that PANGAEA keys it ignores (``dataset.distribution=...``) reuse the cache. A train
+    subset is told apart by its files' fingerprint; val and test features serve every label fraction."""
+    dataset = class_arguments(cfg.dataset)
     for where in ("root_path", "download_url", "auto_download"):  # the data files are fingerprinted instead
         dataset.pop(where, None)
     return {"dataset": dataset, "preprocessing": OmegaConf.to_container(cfg.preprocessing[split], resolve=True)}
@@ -177,10 +196,13 @@ def build_segmentor(cfg: DictConfig, mode: str, ctx: DistContext) -> Segmentor:
         adapted = add_lora(encoder, encoder.lora_targets, settings)
         log.info("LoRA: rank %d, alpha %g on %d layers of %s; its other weights stay frozen", settings.rank, settings.alpha, adapted, type(encoder).__name__)
     decoder = instantiate_plain(cfg.decoder, in_dims=encoder.output_dims, _convert_="all")
-    model = Segmentor(encoder, decoder, mode)
+    progressive = ProgressiveSchedule(**cfg.progressive) if mode == "progressive" else None
+    model = Segmentor(encoder, decoder, mode, unfreeze_last=cfg.get("unfreeze_last"), progressive=progressive)
     if ctx.distributed and ctx.device.type == "cuda":
         # BatchNorm statistics are shared across GPUs under DDP; on CPU (gloo) plain BatchNorm stays.
         model.decoder = nn.SyncBatchNorm.convert_sync_batchnorm(model.decoder)
+        if model.encoder_trains:  # an encoder with BatchNorm (the scratch U-Net) shares its statistics too
+            model.encoder = nn.SyncBatchNorm.convert_sync_batchnorm(model.encoder)
     model = model.to(ctx.device)
     if ctx.device.type == "cuda":
         model.decoder.to(memory_format=torch.channels_last)
@@ -191,15 +213,19 @@ def build_segmentor(cfg: DictConfig, mode: str, ctx: DistContext) -> Segmentor:
 
 
 def build_optimizer(cfg: DictConfig, model: Segmentor) -> torch.optim.Optimizer:
-    """``cfg.optimizer`` over the trainable parameters; the encoder's LR scaled by ``encoder_lr_scale``.
+    """``cfg.optimizer`` over the trainable parameters; the encoder's LR scaled by ``encoder_lr_scale`` and,
+    with ``encoder_lr_decay``, decayed block by block downwards (one parameter group per depth).
 
     Adam and AdamW use their fused kernel where this torch build has one for the device (CUDA; CPU since
     torch 2.4); the result is the same update either way.
     """
     groups: list[dict[str, Any]] = [{"params": [p for p in model.decoder.parameters() if p.requires_grad]}]
     if model.encoder_trains:
-        params = [p for p in model.encoder.parameters() if p.requires_grad]
-        groups.append({"params": params, "lr": cfg.optimizer.lr * cfg.encoder_lr_scale})
+        encoder_lr = cfg.optimizer.lr * cfg.encoder_lr_scale
+        if cfg.get("encoder_lr_decay") is not None:
+            groups.extend(decayed_groups(model.encoder, encoder_lr, float(cfg.encoder_lr_decay)))
+        else:
+            groups.append({"params": [p for p in model.encoder.parameters() if p.requires_grad], "lr": encoder_lr})
     factory = instantiate(cfg.optimizer)
     device = groups[0]["params"][0].device if groups[0]["params"] else torch.device("cpu")
     if factory.func in (torch.optim.Adam, torch.optim.AdamW) and fused_kernel_available(factory.func, device.type):

@@ -12,6 +12,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from benchmark.compat import pangaea_problems
+from benchmark.data.subsets import requested_subset
 from benchmark.models.segmentor import MODES, resolve_mode
 
 
@@ -130,6 +131,16 @@ def _pairing_problems(cfg: DictConfig) -> list[str]:
     ]
 
 
+def _subset_problems(cfg: DictConfig) -> list[str]:
+    """``dataset.train_fraction`` in (0, 1] and ``dataset.subset_draw`` a whole number >= 0."""
+    dataset = OmegaConf.select(cfg, "dataset")
+    try:
+        requested_subset(dataset if dataset is not None else {})
+    except ValueError as error:
+        return [str(error)]
+    return []
+
+
 def _unwritable(folder: Path) -> str | None:
     """Why ``folder`` cannot hold run folders, or None when a file can be created in it."""
     try:
@@ -154,6 +165,7 @@ def config_problems(cfg: DictConfig, check_work_dir: bool = True) -> list[str]:
     problems += _window_problems(cfg)
     problems += _weights_problems(cfg)
     problems += _pairing_problems(cfg)
+    problems += _subset_problems(cfg)
     problems += pangaea_problems(cfg)
     if check_work_dir and "work_dir" in cfg:
         why = _unwritable(Path(os.path.expanduser(str(cfg.work_dir))))

@@ -5,7 +5,8 @@ Every run folder ends with a ``results.json`` (written atomically by rank 0): ``
 (error and traceback); a run that was killed leaves none. ``schema_version`` says which layout a file
 has; files without one were written before this module (version 1) and are read with the fields they
 lack set to None. The job identity of a run (``RunConfig.identity``) is every config-group choice,
-the mode, the settings overrides (by their hash), the training-crop protocol and the seed.
+the mode, the settings overrides (by their hash), the training-crop protocol, the label fraction (fraction,
+draw, subset file SHA-256; added within version 2: files without them read as 1.0, 0, None) and the seed.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ STATUSES = ("completed", "failed")
 # The config groups a run is composed from.
 CHOICE_GROUPS = ("dataset", "encoder", "decoder", "preprocessing", "criterion", "task", "optimizer", "lr_scheduler")
 # What makes two runs the same experiment (one group of the report); with the seed, the same job.
-EXPERIMENT_FIELDS = (*CHOICE_GROUPS, "mode", "settings_hash", "train_crop_stride")
+EXPERIMENT_FIELDS = (*CHOICE_GROUPS, "mode", "settings_hash", "train_crop_stride", "train_fraction", "subset_draw", "subset_sha256")
 JOB_FIELDS = (*EXPERIMENT_FIELDS, "seed")
 SCALAR_METRICS = ("mIoU", "mF1", "mPrecision", "mRecall", "oAcc", "mAcc")
 CLASS_METRICS = ("IoU", "F1", "Precision", "Recall")
@@ -63,6 +64,9 @@ class RunConfig:
     settings: tuple[str, ...] = ()  # command-line overrides that change what is computed, sorted
     settings_hash: str = ""  # settings_hash(settings)
     train_crop_stride: int | None = None  # 1: random crop anywhere (PANGAEA); >1: crops on this grid
+    train_fraction: float = 1.0  # share of the train split's tiles trained on (dataset.train_fraction)
+    subset_draw: int = 0  # which stratified draw of that share (dataset.subset_draw)
+    subset_sha256: str | None = None  # SHA-256 of the subset file (benchmark.data.subsets); None: the whole split
     encoder_weights: str | None = None
     n_epochs: int | None = None
     batch_size_per_process: int | None = None
@@ -276,6 +280,20 @@ def _problems(result: RunResult) -> list[str]:
             problems.append("config.train_crop_stride is missing")
         if config is not None and config.settings_hash != settings_hash(config.settings):
             problems.append(f"config.settings_hash {config.settings_hash!r} does not match config.settings")
+        if config is not None:
+            problems += _subset_problems(config)
     elif result.status == "failed" and not result.error:
         problems.append("a failed run needs its error")
+    return problems
+
+
+def _subset_problems(config: RunConfig) -> list[str]:
+    """The label-fraction fields: a fraction in (0, 1], a draw >= 0, a SHA-256 (64 hex digits) only for a subset."""
+    digest, problems = config.subset_sha256, []
+    if not 0 < config.train_fraction <= 1:
+        problems.append(f"config.train_fraction is {config.train_fraction}, expected a number in (0, 1]")
+    if config.subset_draw < 0:
+        problems.append(f"config.subset_draw is {config.subset_draw}, expected 0 or more")
+    if digest is not None and (config.train_fraction == 1 or len(digest) != 64 or digest.strip("0123456789abcdef")):
+        problems.append(f"config.subset_sha256 is {digest!r}, expected 64 hex digits for a train_fraction below 1")
     return problems

@@ -13,6 +13,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from benchmark.compat import IGNORED_KEYS
+from benchmark.data.subsets import recorded_sha256, requested_subset
 from benchmark.distributed import DistContext, broadcast_object
 from benchmark.results import CHOICE_GROUPS, RunConfig, settings_hash
 
@@ -141,6 +142,7 @@ def save_config(cfg: DictConfig, choices: dict[str, str], mode: str, run_dir: Pa
 def summary(cfg: DictConfig, choices: dict[str, str], mode: str, ctx: DistContext) -> RunConfig:
     """The ``config`` block of ``results.json``: the full job identity, then how the run was executed."""
     settings = tuple(setting_overrides())
+    fraction, draw = requested_subset(cfg.dataset)
     return RunConfig(
         **{group: choices.get(group) for group in CHOICE_GROUPS},
         mode=mode,
@@ -148,6 +150,9 @@ def summary(cfg: DictConfig, choices: dict[str, str], mode: str, ctx: DistContex
         settings=settings,
         settings_hash=settings_hash(settings),
         train_crop_stride=int(cfg.train_crop_stride),
+        train_fraction=fraction,
+        subset_draw=draw,
+        subset_sha256=recorded_sha256(cfg.dataset),  # the file the train split was read from
         encoder_weights=cfg.encoder.get("encoder_weights") if mode != "random" else None,
         n_epochs=int(cfg.task.trainer.n_epochs),
         batch_size_per_process=int(cfg.batch_size),

@@ -80,6 +80,7 @@ def pretrained_mae(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactor
     return release_weights(args, "ssl4eo_mae_optical", work_dir / "mae.pth", trained_run=only_run_dir(work_dir))
 
 
+@pytest.mark.acceptance  # 5 x 40 s: kept out of the default suite, run by .ci/run with -m acceptance
 @pytest.mark.parametrize("decoder", list(TINY_DECODERS))
 def test_decoder_learns_frozen_and_unfrozen_under_torchrun(decoder: str, synthetic_root: Path, tmp_path: Path, pretrained_mae: Path) -> None:
     base = tiny_overrides(synthetic_root, tmp_path / "frozen", decoder=decoder) + LEARN

@@ -81,14 +81,14 @@ def cut_quadrants(whole: Path, folder: Path) -> None:
                     dst.descriptions = src.descriptions
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: xdist may interleave other modules between the group's tests
 def hls_run(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     work = tmp_path_factory.mktemp("predict_run")
     run_benchmark(tiny_overrides(synthetic_root, work))
     return only_run_dir(work)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: xdist may interleave other modules between the group's tests
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     folder = tmp_path_factory.mktemp("scenes")
     write_described_scene(folder / "whole.tif")
@@ -104,7 +104,7 @@ def predict(run_dir: Path, inputs: str, output: Path, *extra: str, nproc: int | 
     run_benchmark(["--config-name=predict", f"ckpt_dir={run_dir}", f"inputs={inputs}", f"output_dir={output}", *extra], nproc=nproc)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: xdist may interleave other modules between the group's tests
 def predicted(hls_run: Path, inputs: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Every scene of ``inputs`` mapped in one process and, again, by two processes under torchrun."""
     outputs = {}

@@ -1,5 +1,6 @@
 """benchmark/report on run folders written with the results.json schema: the csv and markdown carry
-the runs' own numbers, groups give mean ± std over seeds of one experiment only (runs that differ in
+the runs' own numbers, groups give mean ± std and the bootstrap interval of the mean over seeds of one
+experiment only (runs that differ in
 a setting are groups of their own, the setting shown), failed / incomplete / invalid / repeated runs
 are listed as such, undefined metrics show as "–", the plots are real images that tell groups apart,
 and a folder without runs is an error that says so."""
@@ -121,7 +122,9 @@ def test_csv_has_one_row_per_run_with_the_numbers_of_its_results_json(sweep: dic
                 assert float(row[f"test_{metric}_{cls}"]) == results.test[metric][cls]
         for key, value in dataclasses.asdict(results.cost).items():
             assert row[key] == "" if value is None else float(row[key]) == value
+        assert row["group_n"] == "2" and row["train_fraction"] == "1.0", "its group's statistics follow"
     assert rows["failed_run"]["status"] == "failed" and "NonFiniteLossError" in rows["failed_run"]["note"]
+    assert rows["failed_run"]["group_n"] == rows["old_repeat"]["group_test_mIoU_mean"] == "", "in no group"
     assert rows["killed_run"]["status"] == "incomplete" and rows["killed_run"]["test_mIoU"] == ""
     assert rows["old_repeat"]["status"] == "superseded"
 
@@ -150,6 +153,8 @@ def test_markdown_groups_seeds_into_mean_and_std_and_lists_runs_left_out(sweep: 
         values = [r.test["mIoU"] for r in runs]
         expected = f"{100 * statistics.fmean(values):.2f} ± {100 * statistics.stdev(values):.2f}"
         assert row[miou].strip("*") == expected
+        # two seeds: the 95 % bootstrap interval of the mean is their range (each has 1/4 >= 2.5 % alone)
+        assert row[titles.index("test mIoU 95% CI")] == f"[{100 * min(values):.2f}, {100 * max(values):.2f}]"
         burn = [r.test["IoU"]["Burn scar"] for r in runs]
         assert row[titles.index("IoU Burn scar")].strip("*") == f"{100 * statistics.fmean(burn):.2f} ± {100 * statistics.stdev(burn):.2f}"
         means.append(statistics.fmean(values))

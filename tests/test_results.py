@@ -92,6 +92,8 @@ def malform(data: dict[str, Any], case: str) -> Any:
         "newer schema": {**data, "schema_version": SCHEMA_VERSION + 1},
         "no crop protocol": {**data, "config": {k: v for k, v in config.items() if k != "train_crop_stride"}},
         "hash of other settings": {**data, "config": {**config, "settings_hash": "deadbeef"}},
+        "fraction above one": {**data, "config": {**config, "train_fraction": 1.5}},
+        "subset hash of the whole split": {**data, "config": {**config, "subset_sha256": "ab" * 32}},
         "a list": [data],
     }[case]
 
@@ -104,6 +106,8 @@ def malform(data: dict[str, Any], case: str) -> Any:
     ("newer schema", f"schema_version {SCHEMA_VERSION + 1}"),
     ("no crop protocol", "config.train_crop_stride is missing"),
     ("hash of other settings", "does not match config.settings"),
+    ("fraction above one", "config.train_fraction is 1.5, expected a number in (0, 1]"),
+    ("subset hash of the whole split", "config.subset_sha256 is 'abab"),
     ("a list", "expected a JSON object"),
 ])
 def test_a_malformed_results_json_is_an_error_that_names_the_file_and_the_problem(tmp_path: Path, case: str, message: str) -> None:
@@ -136,6 +140,20 @@ def test_files_written_before_the_schema_still_read(tmp_path: Path) -> None:
     result = read_results(tmp_path)
     assert result.schema_version == 1 and result.config.train_crop_stride is None and result.config.optimizer is None
     assert result.config.settings_hash == settings_hash(["optimizer.lr=1e-4"]) and result.cost.train_time_s is None
+    assert (result.config.train_fraction, result.config.subset_draw, result.config.subset_sha256) == (1.0, 0, None)
+
+
+def test_version_2_files_without_label_fractions_read_as_the_whole_split(tmp_path: Path) -> None:
+    path = write_results(tmp_path, completed(tmp_path))
+    data = json.loads(path.read_text())
+    for name in ("train_fraction", "subset_draw", "subset_sha256"):
+        del data["config"][name]
+    path.write_text(json.dumps(data))
+    config = read_results(tmp_path).config
+    assert (config.train_fraction, config.subset_draw, config.subset_sha256) == (1.0, 0, None)
+    subset = completed(tmp_path, train_fraction=0.1, subset_draw=2, subset_sha256="0f" * 32)
+    write_results(tmp_path, subset)
+    assert read_results(tmp_path) == subset and subset.config.identity() != config.identity()
 
 
 def test_the_run_folder_suffix_is_the_settings_hash() -> None:
@@ -154,6 +172,7 @@ def test_summary_carries_the_full_job_identity(monkeypatch: pytest.MonkeyPatch) 
     summary = rundir.summary(cfg, choices, "frozen", DistContext(0, 2, 0, torch.device("cpu")))
     assert {group: getattr(summary, group) for group in CHOICE_GROUPS} == choices
     assert (summary.mode, summary.seed, summary.train_crop_stride, summary.world_size) == ("frozen", 3, 16, 2)
+    assert (summary.train_fraction, summary.subset_draw, summary.subset_sha256) == (1.0, 0, None)  # the whole split
     assert summary.settings == ("optimizer.lr=1e-3", "train_crop_stride=16")
     assert summary.settings_hash == settings_hash(summary.settings)
     assert summary.identity(seed=False) + (3,) == summary.identity()

@@ -1,7 +1,9 @@
-"""The report's figures: test mIoU by decoder and mode, validation curves, test mIoU against cost.
+"""The report's figures: test mIoU by decoder and mode, validation curves, test mIoU against cost, and
+test mIoU against the label fraction when runs differ in it.
 
 Groups that share dataset, encoder, decoder and mode but differ in settings (``Group.label``) get
-bars, lines and points of their own, named by those settings.
+bars, lines and points of their own, named by those settings. Error bars and bands are 95 % bootstrap
+intervals of the mean over seeds (``benchmark.report.stats``), none for a single seed.
 
 Figures are built as :class:`matplotlib.figure.Figure` objects, without pyplot: no GUI backend is chosen
 or needed (``savefig`` renders with Agg), and figures are freed when dropped (pyplot never holds them).
@@ -10,7 +12,6 @@ or needed (``savefig`` renders with Agg), and figures are freed when dropped (py
 from __future__ import annotations
 
 import math
-import statistics
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -20,11 +21,20 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
-from benchmark.report.runs import ORDER, Group
-from benchmark.report.tables import cost, count, mean_std, metric
+from benchmark.report.runs import FRACTION, ORDER, Group
+from benchmark.report.scores import summarise, test_miou
+from benchmark.report.tables import cost, count
 
-MODE_MARKERS = {"frozen": "o", "unfrozen": "s", "random": "^"}
-test_miou = metric("test", "mIoU")
+MODE_MARKERS = {"frozen": "o", "partial": "v", "progressive": "D", "lora": "P", "unfrozen": "s", "random": "^"}
+
+
+def interval(values: Sequence[float], scale: float = 1.0) -> tuple[float, float, float]:
+    """Mean, then how far the bootstrap interval reaches below and above it (0 and 0 for one value)."""
+    summary = summarise(values)
+    if math.isnan(summary.lo):
+        return scale * summary.mean, 0.0, 0.0
+    # matplotlib refuses negative error lengths; a percentile interval can, rarely, miss the mean itself
+    return scale * summary.mean, scale * max(0.0, summary.mean - summary.lo), scale * max(0.0, summary.hi - summary.mean)
 
 
 def label(name: str) -> str:
@@ -68,7 +78,8 @@ def pairs_of(groups: Sequence[Group]) -> list[tuple[str, str]]:
 
 
 def miou_by_decoder_and_mode(groups: Sequence[Group]) -> Figure:
-    """Bars: test mIoU per decoder, one bar per mode (and settings), error bar = std over seeds; a panel per dataset x encoder."""
+    """Bars: test mIoU per decoder, one bar per mode (and settings), error bar = 95 % interval of the mean;
+    a panel per dataset x encoder."""
     plotted = [g for g in groups if g.values(test_miou)]
     names = ordered_series(plotted)
     colours = {name: f"C{i % 10}" for i, name in enumerate(names)}
@@ -81,10 +92,9 @@ def miou_by_decoder_and_mode(groups: Sequence[Group]) -> Figure:
             bars = sorted((g for g in mine if g.config.decoder == decoder), key=lambda g: names.index(series(g)))
             for j, group in enumerate(bars):  # the decoder's bars centred on its tick
                 x = i + (j - (len(bars) - 1) / 2) * width
-                mean, std = mean_std(group.values(test_miou))
-                error = 100 * std if std is not None else 0.0
-                ax.bar(x, 100 * mean, width, yerr=error, capsize=3, color=colours[series(group)])
-                ax.text(x, 100 * mean + error + 1, f"{100 * mean:.1f}\nn={len(group.runs)}", ha="center", va="bottom", fontsize=7)
+                mean, below, above = interval(group.values(test_miou), 100)
+                ax.bar(x, mean, width, yerr=[[below], [above]], capsize=3, color=colours[series(group)])
+                ax.text(x, mean + above + 1, f"{mean:.1f}\nn={len(group.runs)}", ha="center", va="bottom", fontsize=7)
         ax.set_xticks(range(len(decoders)), [label(d) for d in decoders])
         ax.set_ylim(0, 125)
         ax.set_yticks(range(0, 101, 20))
@@ -100,7 +110,8 @@ def miou_by_decoder_and_mode(groups: Sequence[Group]) -> Figure:
 
 
 def validation_curves(groups: Sequence[Group]) -> Figure:
-    """Validation mIoU against epoch: mean over seeds per group (band = min..max); a panel per dataset x encoder."""
+    """Validation mIoU against epoch: mean over seeds per group (band = 95 % interval of the mean, where
+    two seeds or more reached the epoch); a panel per dataset x encoder."""
     pairs = pairs_of(groups)
     figure, axes = panels(pairs)
     for (dataset, encoder), ax in zip(pairs, axes):
@@ -113,8 +124,9 @@ def validation_curves(groups: Sequence[Group]) -> Figure:
             if not epochs:
                 continue
             name = f"{label(group.config.decoder)} / {series(group)} (n={len(group.runs)})"
-            line = ax.plot(epochs, [statistics.fmean(by_epoch[e]) for e in epochs], marker=".", label=name)[0]
-            ax.fill_between(epochs, [min(by_epoch[e]) for e in epochs], [max(by_epoch[e]) for e in epochs],
+            spans = [interval(by_epoch[e]) for e in epochs]
+            line = ax.plot(epochs, [mean for mean, _, _ in spans], marker=".", label=name)[0]
+            ax.fill_between(epochs, [m - below for m, below, _ in spans], [m + above for m, _, above in spans],
                             color=line.get_color(), alpha=0.15, linewidth=0)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -127,7 +139,8 @@ def validation_curves(groups: Sequence[Group]) -> Figure:
 
 
 def miou_against_cost(groups: Sequence[Group]) -> Figure:
-    """Test mIoU against training time and trainable parameters (mean ± std over seeds); a row per dataset.
+    """Test mIoU against training time and trainable parameters (mean and 95 % interval of the mean over
+    seeds); a row per dataset.
 
     Colour = decoder, marker = mode; points are labelled with the encoder when there are several and
     with their settings where groups differ in them.
@@ -141,13 +154,13 @@ def miou_against_cost(groups: Sequence[Group]) -> Figure:
     for row, dataset in zip(axes, datasets):
         for ax, (name, title, fmt) in zip(row, axes_kinds):
             for group in (g for g in groups if g.config.dataset == dataset and g.values(cost(name)) and g.values(test_miou)):
-                (x, x_std), (y, y_std) = mean_std(group.values(cost(name))), mean_std(group.values(test_miou))
-                ax.errorbar(x, 100 * y, xerr=x_std, yerr=100 * y_std if y_std is not None else None,
+                (x, *x_error), (y, *y_error) = interval(group.values(cost(name))), interval(group.values(test_miou), 100)
+                ax.errorbar(x, y, xerr=[[e] for e in x_error], yerr=[[e] for e in y_error],
                             marker=MODE_MARKERS.get(group.config.mode, "D"), color=colours[group.config.decoder],
                             capsize=3, linestyle="none")
                 text = " · ".join(t for t in (group.config.encoder if several_encoders else "", group.label) if t)
                 if text:
-                    ax.annotate(text, (x, 100 * y), fontsize=7, xytext=(4, 4), textcoords="offset points")
+                    ax.annotate(text, (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
             ax.set_xscale("log")
             ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _, fmt=fmt: fmt(value)))
             ax.xaxis.set_minor_formatter(NullFormatter())
@@ -162,17 +175,68 @@ def miou_against_cost(groups: Sequence[Group]) -> Figure:
     return figure
 
 
+def fraction_panels(groups: Sequence[Group]) -> list[tuple[str, str, str]]:
+    """(dataset, encoder, mode) of the groups that ran with two label fractions or more."""
+    fractions: dict[tuple[str, str, str], set[float]] = defaultdict(set)
+    for group in groups:
+        if group.values(test_miou):
+            fractions[(group.config.dataset, group.config.encoder, group.config.mode)].add(group.train_fraction)
+    return [panel for panel, used in fractions.items() if len(used) > 1]
+
+
+def fraction_lines(members: Sequence[Group]) -> dict[str, list[Group]]:
+    """A panel's lines (legend name -> groups by fraction): one per decoder and per value of the other
+    settings that differ within the panel; the fraction makes the points of a line."""
+    others = {id(g): {k: v for k, v in g.settings.items() if k != FRACTION} for g in members}
+    varying = [k for k in dict.fromkeys(k for o in others.values() for k in o) if len({o.get(k) for o in others.values()}) > 1]
+    lines: dict[str, list[Group]] = defaultdict(list)
+    for group in members:
+        name = " · ".join([label(group.config.decoder), *(f"{k}={others[id(group)].get(k)}" for k in varying)])
+        lines[name].append(group)
+    return {name: sorted(line, key=lambda g: g.train_fraction) for name, line in lines.items()}
+
+
+def miou_against_label_fraction(groups: Sequence[Group]) -> Figure:
+    """Test mIoU against the share of training labels (mean, band = 95 % interval of the mean); a panel
+    per dataset x encoder x mode, a line per decoder (and other settings where groups differ in them)."""
+    keys = fraction_panels(groups)
+    figure, axes = panels(keys or [("", "", "")])
+    for (dataset, encoder, mode), ax in zip(keys, axes):
+        members = [g for g in groups if (g.config.dataset, g.config.encoder, g.config.mode) == (dataset, encoder, mode)]
+        lines = fraction_lines([g for g in members if g.values(test_miou)])
+        for name, line_groups in lines.items():
+            x = [g.train_fraction for g in line_groups]
+            spans = [interval(g.values(test_miou), 100) for g in line_groups]
+            line = ax.plot(x, [m for m, _, _ in spans], marker="o", label=name)[0]
+            ax.fill_between(x, [m - below for m, below, _ in spans], [m + above for m, _, above in spans],
+                            color=line.get_color(), alpha=0.15, linewidth=0)
+            if len(x) == 1:  # a band of one point has no width: its interval as an error bar
+                ax.errorbar(x, [spans[0][0]], yerr=[[spans[0][1]], [spans[0][2]]], ecolor=line.get_color(), capsize=3, fmt="none")
+        ax.set_xscale("log")  # fractions such as 0.01, 0.1, 1 are evenly apart
+        used = sorted({g.train_fraction for line_groups in lines.values() for g in line_groups})
+        ax.set_xticks(used, [f"{value:g}" for value in used])  # the fractions run, not decades
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("label fraction (dataset.train_fraction), log scale")
+        ax.set_ylabel("test mIoU (%)")
+        ax.set_title(f"{dataset} · {encoder} · {mode}", fontsize=10)
+        ax.legend(fontsize=7, title="decoder", title_fontsize=8)
+        ax.grid(alpha=0.3, which="both")
+    return figure
+
+
 PLOTS = {
     "miou_by_decoder_mode.png": miou_by_decoder_and_mode,
     "val_miou_curves.png": validation_curves,
     "miou_vs_cost.png": miou_against_cost,
 }
+FRACTION_PLOT = "miou_vs_label_fraction.png"  # only when some encoder and mode ran with several fractions
 
 
 def write_plots(groups: Sequence[Group], output: Path) -> list[Path]:
     """Draw and save every plot into ``output``."""
+    plots = {**PLOTS, **({FRACTION_PLOT: miou_against_label_fraction} if fraction_panels(groups) else {})}
     written = []
-    for name, draw in PLOTS.items():
+    for name, draw in plots.items():
         save(draw(groups), output / name)
         written.append(output / name)
     return written

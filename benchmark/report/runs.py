@@ -1,9 +1,10 @@
 """Run folders -> runs (status, job, result) -> groups of one experiment each, repeated over seeds.
 
 A group is every completed run with the same job identity except the seed (``RunConfig.identity``:
-all config-group choices, mode, settings overrides by hash, training-crop protocol). Within one
-dataset, the settings in which groups differ become ``Group.settings`` (display name -> value): the
-extra columns of the leaderboard and the labels of the plots.
+all config-group choices, mode, settings overrides by hash, training-crop protocol) and the same
+label fraction (``dataset.train_fraction`` of its config.yaml or results.json, 1.0 where neither
+records one). Within one dataset, the settings in which groups differ become ``Group.settings``
+(display name -> value): the extra columns of the leaderboard and the labels of the plots.
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+import yaml
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
+from benchmark.models.segmentor import MODES
 from benchmark.results import CHOICE_GROUPS, RESULTS_FILE, ResultsError, RunConfig, RunResult, read_results
 
 RUN_MARKERS = (RESULTS_FILE, "config.yaml", "metrics.jsonl", "checkpoints")
@@ -26,10 +30,11 @@ OTHER_CHOICES = tuple(g for g in CHOICE_GROUPS if g not in JOB_FIELDS)
 CROPS = "train crops"  # column title of the training-crop protocol
 DEFAULT = "(default)"  # a settings override a group does not have
 UNKNOWN = "?"  # not recorded (files written before results.json schema 2)
+FRACTION = "dataset.train_fraction"  # share of the training labels a run used; 1.0 when not recorded
 # Display order of known names; others follow alphabetically.
 ORDER = {
     "decoder": ("seg_linear", "seg_fcn", "seg_upernet", "seg_segformer", "seg_muster"),
-    "mode": ("frozen", "unfrozen", "random"),
+    "mode": MODES,
 }
 
 
@@ -47,6 +52,7 @@ class Run:
     result: RunResult | None = None
     curve: list[tuple[int, float]] = field(default_factory=list)  # (epoch, val mIoU)
     note: str = ""
+    train_fraction: float = 1.0  # FRACTION as train_fraction() reads it
 
 
 @dataclass
@@ -59,7 +65,11 @@ class Group:
 
     @property
     def key(self) -> tuple[Any, ...]:
-        return self.config.identity(seed=False)
+        return (*self.config.identity(seed=False), self.train_fraction)
+
+    @property
+    def train_fraction(self) -> float:
+        return self.runs[0].train_fraction  # the same in all: part of the grouping key
 
     @property
     def label(self) -> str:
@@ -126,12 +136,33 @@ def job_from_config(folder: Path) -> dict[str, Any]:
     return job
 
 
+def train_fraction(folder: Path, config: RunConfig | None = None) -> float:
+    """The share of training labels a run used: ``dataset.train_fraction`` of its config.yaml, else the
+    ``train_fraction`` its results.json records (where the schema has one), else 1.0 (all labels: runs
+    of versions without label fractions)."""
+    try:
+        value = number(OmegaConf.select(OmegaConf.load(folder / "config.yaml"), FRACTION, default=None))
+    except (OSError, yaml.YAMLError, OmegaConfBaseException):  # a missing or torn file is no reason to stop
+        value = None
+    if value is None:
+        value = number(getattr(config, "train_fraction", None))
+    return 1.0 if value is None else value
+
+
 def job_from_result(config: RunConfig) -> dict[str, Any]:
     job = {name: getattr(config, name) for name in (*JOB_FIELDS, *OTHER_CHOICES, "train_crop_stride", "settings_hash")}
     return {**job, "settings": " ".join(config.settings)}
 
 
 def read_run(folder: Path) -> Run:
+    """Status, job and result of one run folder, with its label fraction."""
+    run = read_status(folder)
+    run.train_fraction = train_fraction(folder, run.result.config if run.result is not None else None)
+    run.job["train_fraction"] = run.train_fraction
+    return run
+
+
+def read_status(folder: Path) -> Run:
     """Status, job and result of one run folder (a malformed results.json makes it ``invalid``)."""
     epochs = read_jsonl(folder / "metrics.jsonl")
     curve = [(int(line["epoch"]), v) for line in epochs if line.get("split") == "val" and (v := number(line.get("mIoU"))) is not None]
@@ -149,11 +180,12 @@ def read_run(folder: Path) -> Run:
 
 
 def mark_superseded(runs: list[Run]) -> None:
-    """Keep the newest completed run of each job (full identity, seed included); older repeats are ``superseded``."""
+    """Keep the newest completed run of each job (full identity, seed included, and label fraction);
+    older repeats are ``superseded``."""
     by_job: dict[tuple, list[Run]] = defaultdict(list)
     for run in runs:
         if run.status == "completed" and run.result is not None and run.result.config is not None:
-            by_job[run.result.config.identity(seed=True)].append(run)
+            by_job[(*run.result.config.identity(seed=True), run.train_fraction)].append(run)
     for repeats in by_job.values():
         repeats.sort(key=lambda run: (run.folder / RESULTS_FILE).stat().st_mtime_ns)
         for old in repeats[:-1]:
@@ -177,9 +209,12 @@ def collect(roots: Sequence[Path]) -> list[Run]:
 
 
 def sort_key(fields: dict[str, Any]) -> tuple:
-    """Dataset, encoder, decoder and mode in display order, then the other identity fields."""
+    """Dataset, encoder, decoder and mode in display order, then the other identity fields and the label fraction."""
     key: list[Any] = []
-    for name in ("dataset", "encoder", "decoder", "mode", *OTHER_CHOICES, "train_crop_stride", "settings_hash"):
+    for name in ("dataset", "encoder", "decoder", "mode", *OTHER_CHOICES, "train_crop_stride", FRACTION, "settings_hash"):
+        if name == FRACTION:  # fewest labels first, as numbers ("0.05" < "0.1")
+            key.append((0, float(fields.get("train_fraction") or 1.0)))
+            continue
         value = "" if fields.get(name) is None else str(fields[name])
         order = ORDER.get(name, ())
         key.append((order.index(value) if value in order else len(order), value))
@@ -191,28 +226,34 @@ def group_runs(runs: Iterable[Run]) -> list[Group]:
     by_key: dict[tuple, list[Run]] = defaultdict(list)
     for run in runs:
         if run.status == "completed" and run.result is not None and run.result.config is not None:
-            by_key[run.result.config.identity(seed=False)].append(run)
+            # runs that used another share of the labels are never averaged, whether or not the
+            # fraction was a command-line override (then it is also in the settings hash)
+            by_key[(*run.result.config.identity(seed=False), run.train_fraction)].append(run)
     groups = [Group(members[0].result.config, members) for members in by_key.values()]  # type: ignore[union-attr]
-    groups.sort(key=lambda g: sort_key(job_from_result(g.config)))
+    groups.sort(key=lambda g: sort_key({**job_from_result(g.config), "train_fraction": g.train_fraction}))
     for dataset in dict.fromkeys(g.config.dataset for g in groups):
         mark_differences([g for g in groups if g.config.dataset == dataset])
     return groups
 
 
-def described(config: RunConfig) -> dict[str, str]:
-    """An experiment's settings beyond dataset, encoder, decoder and mode: display name -> value."""
+def described(config: RunConfig, fraction: float = 1.0) -> dict[str, str]:
+    """An experiment's settings beyond dataset, encoder, decoder and mode: display name -> value (the
+    label fraction as read from config.yaml)."""
     settings = {name: UNKNOWN if getattr(config, name) is None else str(getattr(config, name)) for name in OTHER_CHOICES}
     for override in config.settings:
         key, _, value = override.partition("=")
-        if key.lstrip("+~") not in CHOICE_GROUPS and key.lstrip("+") != "train_crop_stride":  # columns of their own
+        # choices and crops have columns of their own; the fraction is shown as used (below)
+        own_column = key.lstrip("+~") in (*CHOICE_GROUPS, FRACTION) or key.lstrip("+") == "train_crop_stride"
+        if not own_column:
             settings[key] = value if not key.startswith("~") else "(removed)"
+    settings[FRACTION] = f"{fraction:g}"  # the value used, also where it was no override
     settings[CROPS] = crop_protocol(config.train_crop_stride)
     return settings
 
 
 def differences(groups: Sequence[Group]) -> tuple[list[str], dict[str, str]]:
     """The settings that differ between ``groups`` (names) and those they share (name -> value)."""
-    settings = [described(g.config) for g in groups]
+    settings = [described(g.config, g.train_fraction) for g in groups]
     names = list(dict.fromkeys(name for s in settings for name in s))
     differing, shared = [], {}
     for name in names:
@@ -229,7 +270,7 @@ def mark_differences(groups: Sequence[Group]) -> None:
     groups looking alike (e.g. an override equal to the default), their settings hash tells them apart."""
     differing, _ = differences(groups)
     for group in groups:
-        settings = described(group.config)
+        settings = described(group.config, group.train_fraction)
         group.settings = {name: settings.get(name, DEFAULT) for name in differing}
     seen: dict[tuple, int] = defaultdict(int)
     for group in groups:

@@ -4,23 +4,26 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import statistics
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from benchmark.report.runs import CROPS, JOB_FIELDS, OTHER_CHOICES, Group, Run, crop_protocol, differences, number
+from benchmark.report.iqm import iqm_table
+from benchmark.report.runs import (
+    CROPS, FRACTION, JOB_FIELDS, OTHER_CHOICES, Group, Run, crop_protocol, differences, group_runs, number,
+)
+from benchmark.report.scores import (
+    Baseline, Reader, baseline_notes, baselines, group_columns, metric, normalised_reader, split_metrics, summarise,
+    test_miou,
+)
+from benchmark.report.stats import DEFAULT_RESAMPLES, mean, sample_std
 from benchmark.results import CLASS_METRICS, SCALAR_METRICS, Cost
 
-CSV_JOB_COLUMNS = (*JOB_FIELDS, *OTHER_CHOICES, "train_crop_stride", "settings", "settings_hash")
+CSV_JOB_COLUMNS = (*JOB_FIELDS, *OTHER_CHOICES, "train_crop_stride", "train_fraction", "settings", "settings_hash")
 CONFIG_COLUMNS = ("best_epoch", "n_epochs", "world_size", "device", "encoder_weights")
 COST_COLUMNS = tuple(f.name for f in dataclasses.fields(Cost))
 MISSING = "–"  # a value that is missing or undefined (NaN)
-
-
-def split_metrics(run: Run, split: str) -> dict[str, Any]:
-    metrics = getattr(run.result, split, None) if run.result is not None else None
-    return metrics or {}
 
 
 def class_names(runs: Iterable[Run]) -> list[str]:
@@ -35,7 +38,8 @@ def class_names(runs: Iterable[Run]) -> list[str]:
 # leaderboard.csv
 
 
-def csv_row(run: Run, classes: Sequence[str]) -> dict[str, Any]:
+def csv_row(run: Run, classes: Sequence[str], group: Group | None, found: dict[tuple, Baseline]) -> dict[str, Any]:
+    """The run's own numbers, then those of its group (empty for runs outside the means)."""
     result = run.result
     config, cost = (result.config, result.cost) if result is not None else (None, None)
     row: dict[str, Any] = {"status": run.status, **{k: run.job.get(k) for k in CSV_JOB_COLUMNS}}
@@ -46,13 +50,20 @@ def csv_row(run: Run, classes: Sequence[str]) -> dict[str, Any]:
         per_class = split_metrics(run, "test").get(metric) or {}
         row.update({f"test_{metric}_{c}": per_class.get(c) for c in classes})
     row.update({k: getattr(cost, k, None) for k in COST_COLUMNS})
+    miou, baseline = test_miou(run), found.get(group.key) if group is not None else None
+    row["norm_mIoU"] = number(baseline.normalise(miou)) if baseline is not None and miou is not None else None
+    row.update(group_columns(group, classes, found))
     row.update({"run_dir": str(run.folder), "note": run.note})
     return row
 
 
-def write_csv(runs: Sequence[Run], path: Path) -> None:
+def write_csv(runs: Sequence[Run], path: Path, groups: Sequence[Group] | None = None) -> None:
+    """One row per run folder; ``groups``: those of ``runs`` (grouped here when not given)."""
     classes = class_names(runs)
-    rows = [csv_row(run, classes) for run in runs]
+    groups = group_runs(runs) if groups is None else groups
+    by_folder = {run.folder: group for group in groups for run in group.runs}
+    found = baselines(groups)
+    rows = [csv_row(run, classes, by_folder.get(run.folder), found) for run in runs]
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -72,18 +83,7 @@ class Column:
     fmt: Callable[[float], str]
     higher_is_better: bool
     with_std: bool = True
-
-
-def metric(split: str, name: str, cls: str | None = None) -> Callable[[Run], float | None]:
-    """Reads a metric of a run (None when missing or NaN)."""
-
-    def read(run: Run) -> float | None:
-        value = split_metrics(run, split).get(name)
-        if cls is not None:
-            value = value.get(cls) if isinstance(value, dict) else None
-        return number(value)
-
-    return read
+    interval: bool = False  # the 95 % bootstrap interval of the mean instead of mean ± std
 
 
 def cost(name: str) -> Callable[[Run], float | None]:
@@ -101,9 +101,13 @@ def count(value: float) -> str:
     return f"{value / 1e3:.1f} k" if value >= 1e3 else f"{value:.0f}"
 
 
-def columns(classes: Sequence[str]) -> list[Column]:
+def columns(classes: Sequence[str], read_norm: Reader | None = None) -> list[Column]:
+    """The numbers of a dataset's table; normalised mIoU where its groups have a baseline."""
+    normalised = [Column("norm. mIoU", read_norm, lambda v: f"{v:.2f}", True)] if read_norm is not None else []
     return [
         Column("test mIoU", metric("test", "mIoU"), percent, True),
+        Column("test mIoU 95% CI", metric("test", "mIoU"), percent, True, interval=True),
+        *normalised,
         *(Column(f"IoU {c}", metric("test", "IoU", c), percent, True) for c in classes),
         Column("mF1", metric("test", "mF1"), percent, True),
         Column("oAcc", metric("test", "oAcc"), percent, True),
@@ -118,17 +122,20 @@ def columns(classes: Sequence[str]) -> list[Column]:
 
 def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
     """Mean and sample standard deviation (None for a single value)."""
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+    return mean(values), sample_std(values) if len(values) > 1 else None
 
 
 def cell(values: Sequence[float], column: Column, best: float | None) -> str:
     if not values:
         return MISSING
-    mean, std = mean_std(values)
-    text = column.fmt(mean)
+    if column.interval:
+        summary = summarise(values)
+        return MISSING if math.isnan(summary.lo) else f"[{column.fmt(summary.lo)}, {column.fmt(summary.hi)}]"
+    average, std = mean_std(values)
+    text = column.fmt(average)
     if column.with_std and std is not None:
         text += f" ± {column.fmt(std)}"
-    return f"**{text}**" if best is not None and mean == best else text
+    return f"**{text}**" if best is not None and average == best else text
 
 
 def setting_titles(groups: Sequence[Group]) -> list[str]:
@@ -138,13 +145,14 @@ def setting_titles(groups: Sequence[Group]) -> list[str]:
     return [*names, CROPS]
 
 
-def dataset_table(groups: Sequence[Group], classes: Sequence[str]) -> list[str]:
-    cols = columns(classes)
+def dataset_table(groups: Sequence[Group], classes: Sequence[str], read_norm: Reader | None = None) -> list[str]:
+    cols = columns(classes, read_norm)
     means = [[mean_std(vs)[0] if (vs := g.values(c.read)) else None for c in cols] for g in groups]
     best = []
     for i, column in enumerate(cols):
         present = [row[i] for row in means if row[i] is not None]
-        best.append((max if column.higher_is_better else min)(present) if present and len(groups) > 1 else None)
+        ranked = present and len(groups) > 1 and not column.interval  # an interval is never "best"
+        best.append((max if column.higher_is_better else min)(present) if ranked else None)
     settings = setting_titles(groups)
     header = ["encoder", "decoder", "mode", *settings, "n", *(c.title for c in cols)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * (4 + len(settings)) + "---:|" * len(cols)]
@@ -163,9 +171,13 @@ def escape(text: str) -> str:
 
 PREAMBLE = (
     "Test metrics of each run's best-validation checkpoint in %, as mean ± sample std over seeds "
-    "(n = number of seeds); val mIoU = best validation mIoU; – = undefined (NaN) or not recorded. "
+    "(n = number of seeds); test mIoU 95% CI = percentile bootstrap interval of the mean test mIoU (the seeds "
+    f"resampled with replacement {DEFAULT_RESAMPLES:,} times; – for one seed; with 2 or 3 seeds "
+    "it is their range); norm. mIoU (where a scratch `unet` group ran on the same test split) = "
+    "0 at the majority-class baseline, 1 at that UNet; val mIoU = best validation mIoU; – = undefined "
+    "(NaN) or not recorded. "
     "A row is one experiment: runs are averaged only when everything but the seed is the same "
-    "(every config group, mode, settings overrides, training-crop protocol); the columns between mode "
+    "(every config group, mode, settings overrides, training-crop protocol, label fraction); the columns between mode "
     "and n show the settings in which a dataset's rows differ, the line above the table those they "
     f"share. {CROPS}: random = one encoder-size crop anywhere in the tile per epoch (train_crop_stride=1, "
     "PANGAEA); grid N = crops start on an N-pixel grid. Best value per column in **bold** (cost "
@@ -177,14 +189,19 @@ PREAMBLE = (
 
 def markdown(runs: Sequence[Run], groups: Sequence[Group]) -> str:
     lines = ["# Leaderboard", "", PREAMBLE]
+    found = baselines(groups)
     for dataset in dict.fromkeys(g.config.dataset for g in groups):
         in_dataset = [g for g in groups if g.config.dataset == dataset]
         classes = class_names(run for g in in_dataset for run in g.runs)
         _, shared = differences(in_dataset)
-        same = ", ".join(f"`{name}={value}`" for name, value in shared.items() if name != CROPS)
+        shown = {name: value for name, value in shared.items() if name != CROPS and (name, value) != (FRACTION, "1")}
+        same = ", ".join(f"`{name}={value}`" for name, value in shown.items())
         lines += ["", f"## {dataset}", ""]
         lines += [f"Same in all rows: {escape(same)}.", ""] if same else []
-        lines += dataset_table(in_dataset, classes)
+        notes = baseline_notes(in_dataset, found)
+        lines += [*notes, ""] if notes else []
+        lines += dataset_table(in_dataset, classes, normalised_reader(in_dataset, found))
+    lines += iqm_table(groups, normalised_reader(groups, found))
     left_out = [run for run in runs if run.status != "completed"]
     if left_out:
         lines += [
