@@ -44,6 +44,19 @@ def _mode(cfg: DictConfig) -> str:
     return resolve_mode(cfg.mode, cfg.finetune) if cfg.mode in MODES else cfg.mode
 
 
+def _train_fraction(cfg: DictConfig) -> Any:
+    """``dataset.train_fraction`` after PANGAEA's ``limited_label_train`` (which wins over the default)."""
+    theirs, ours = cfg.limited_label_train, cfg.dataset.get("train_fraction", 1.0)
+    if theirs is None:
+        return ours
+    if ours != 1.0 and ours != theirs:
+        raise ValueError(
+            f"limited_label_train={theirs} contradicts dataset.train_fraction={ours}: they are one setting "
+            "(limited_label_train is PANGAEA's spelling). Give only one of the two."
+        )
+    return theirs
+
+
 @dataclass(frozen=True)
 class PangaeaKey:
     """What this benchmark does with one PANGAEA config key."""
@@ -84,6 +97,14 @@ PANGAEA_KEYS: dict[str, PangaeaKey] = {
     "finetune": PangaeaKey(
         "alias", "true = unfrozen, false = frozen", supported=(None, True, False), alias_of="mode",
         resolve=_mode,
+    ),
+    "limited_label_train": PangaeaKey(
+        "alias", "the share of the training tiles to train on", alias_of="dataset.train_fraction",
+        resolve=_train_fraction,
+    ),
+    "limited_label_strategy": PangaeaKey(
+        "ignored", "label subsets are always stratified (by burn-pixel share, benchmark/data/subsets.py)",
+        supported=(None, "stratified"),
     ),
 }
 

@@ -41,7 +41,7 @@ def test_every_pangaea_key_is_in_our_configs_so_it_can_be_given_without_a_plus(d
 
 
 def test_pangaea_keys_are_accepted_and_each_logged_as_ignored_or_mapped(caplog: pytest.LogCaptureFixture) -> None:
-    cfg = compose_train(*ACCEPTED, "finetune=true")
+    cfg = compose_train(*ACCEPTED, "finetune=true", "limited_label_train=0.5", "limited_label_strategy=stratified")
     assert config_problems(cfg, check_work_dir=False) == []
     compat.apply_aliases(cfg)
     with caplog.at_level(logging.INFO, logger="benchmark.compat"):
@@ -53,6 +53,8 @@ def test_pangaea_keys_are_accepted_and_each_logged_as_ignored_or_mapped(caplog: 
     assert "dataset.dataset_name=HLSBurnScars is ignored" in lines["dataset.dataset_name"]
     assert "task.trainer.use_wandb=false sets use_wandb=false" in lines["task.trainer.use_wandb"]
     assert "finetune=true sets mode=unfrozen" in lines["finetune"] and cfg.mode == "unfrozen"
+    assert "limited_label_train=0.5 sets dataset.train_fraction=0.5" in lines["limited_label_train"]
+    assert "limited_label_strategy=stratified is ignored" in lines["limited_label_strategy"]
     assert set(lines) == set(compat.PANGAEA_KEYS), "one line per key"
 
 

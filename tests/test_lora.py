@@ -83,7 +83,7 @@ def test_adapters_of_another_rank_are_refused() -> None:
         load_adapter_state_dict(encoder, adapter_state_dict(other))
 
 
-@pytest.mark.slow
+@pytest.mark.acceptance  # two runs and a kill (30 s): run by .ci/run with -m acceptance
 def test_lora_run_resumed_after_a_kill_ends_as_the_uninterrupted_one(synthetic_root: Path, tmp_path: Path) -> None:
     weights = tiny_weights_file(tmp_path / "mae.pth")
     args = tiny_overrides(synthetic_root, tmp_path / "wd") + ["mode=lora", f"encoder.encoder_weights={weights}", "task.trainer.n_epochs=3"]

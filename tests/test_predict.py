@@ -4,9 +4,12 @@ and embeddings (``--config-name=predict`` / ``embed``)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -15,10 +18,10 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
+from benchmark.download import file_lock
 from conftest import SHARED_REAL, only_run_dir, run_benchmark, tiny_overrides
 
 pytestmark = pytest.mark.slow
-shares_runs = pytest.mark.xdist_group("predict")  # one worker trains the run and maps the scenes once
 
 HLS_CHIP = SHARED_REAL / "terratorch" / "regression_10band" / "regression_test_0_input.tif"
 RGB_BYTE = SHARED_REAL / "rasterio" / "RGB.byte.tif"
@@ -40,8 +43,8 @@ def read(path: Path) -> tuple[np.ndarray, dict]:
             }
 
 
-def write_scene_with_nodata(path: Path) -> np.ndarray:
-    """The real HLS chip with -9999 and NaN holes in bands the model reads; returns the expected nodata mask."""
+def write_scene_with_nodata(path: Path) -> None:
+    """The real HLS chip with -9999 and NaN holes in bands the model reads (and one in a band it skips)."""
     with rasterio.open(HLS_CHIP) as src:
         profile, data = src.profile, src.read()
     data[2, 10:30, 40:90] = -9999  # band 3 = green
@@ -49,8 +52,6 @@ def write_scene_with_nodata(path: Path) -> np.ndarray:
     data[8, 100:120, 100:120] = -9999  # band 9 (thermal) is left out with '-': no nodata from it
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(data)
-    used = data[1:7]
-    return (~np.isfinite(used) | (used == -9999)).any(0)
 
 
 def write_described_scene(path: Path) -> None:
@@ -81,40 +82,66 @@ def cut_quadrants(whole: Path, folder: Path) -> None:
                     dst.descriptions = src.descriptions
 
 
-@pytest.fixture(scope="session")  # session: xdist may interleave other modules between the group's tests
-def hls_run(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    work = tmp_path_factory.mktemp("predict_run")
-    run_benchmark(tiny_overrides(synthetic_root, work))
-    return only_run_dir(work)
+@contextmanager
+def made_once(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[tuple[Path, bool]]:
+    """``(folder, needed)``: a folder every xdist worker shares, and whether this one must fill it (the
+    first to get there, under a file lock; the others wait and reuse it)."""
+    base = tmp_path_factory.getbasetemp()
+    folder = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "predict_shared" / name
+    with file_lock(folder):
+        needed = not (folder / "done").exists()
+        if needed:  # start clean: an earlier worker may have failed half-way
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+        yield folder, needed
+        if needed:
+            (folder / "done").touch()
 
 
-@pytest.fixture(scope="session")  # session: xdist may interleave other modules between the group's tests
+@pytest.fixture(scope="session")
+def hls_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny run trained on synthetic burn scars (once for all workers)."""
+    with made_once(tmp_path_factory, "run") as (folder, needed):
+        if needed:
+            run_benchmark(tiny_overrides(folder / "data", folder / "work"))
+    return only_run_dir(folder / "work")
+
+
+def hls_nodata(folder: Path) -> np.ndarray:
+    """Where a band the model reads (bands 2-7) of the holed HLS chip is nodata."""
+    used = read(folder / "hls_chip.tif")[0][1:7]
+    return (~np.isfinite(used) | (used == -9999)).any(0)
+
+
+@pytest.fixture(scope="session")
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    folder = tmp_path_factory.mktemp("scenes")
-    write_described_scene(folder / "whole.tif")
-    cut_quadrants(folder / "whole.tif", folder)
+    with made_once(tmp_path_factory, "scenes") as (folder, needed):
+        if needed:
+            write_described_scene(folder / "whole.tif")
+            cut_quadrants(folder / "whole.tif", folder)
+            if HLS_CHIP.is_file():
+                write_scene_with_nodata(folder / "hls_chip.tif")
+                shutil.copytree(OSCD_BERCY, folder / "bercy")
     if not HLS_CHIP.is_file():
         return {"folder": folder, "scenes": f"{folder}/*.tif"}
-    expected_nodata = write_scene_with_nodata(folder / "hls_chip.tif")
-    shutil.copytree(OSCD_BERCY, folder / "bercy")
-    return {"folder": folder, "hls_nodata": expected_nodata, "scenes": f"[{folder}/*.tif,{folder}/bercy]"}
+    return {"folder": folder, "hls_nodata": hls_nodata(folder), "scenes": f"[{folder}/*.tif,{folder}/bercy]"}
 
 
 def predict(run_dir: Path, inputs: str, output: Path, *extra: str, nproc: int | None = None) -> None:
     run_benchmark(["--config-name=predict", f"ckpt_dir={run_dir}", f"inputs={inputs}", f"output_dir={output}", *extra], nproc=nproc)
 
 
-@pytest.fixture(scope="session")  # session: xdist may interleave other modules between the group's tests
+@pytest.fixture(scope="session")
 def predicted(hls_run: Path, inputs: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Every scene of ``inputs`` mapped in one process and, again, by two processes under torchrun."""
-    outputs = {}
-    for nproc in (None, 2):
-        outputs[nproc] = tmp_path_factory.mktemp(f"maps_{nproc or 1}")
-        predict(hls_run, inputs["scenes"], outputs[nproc], HLS_CHIP_BANDS, "scale=0.0001", "probabilities=true", "block_size=64", nproc=nproc)
-    return {"one": outputs[None], "two": outputs[2]}
+    with made_once(tmp_path_factory, "maps") as (folder, needed):
+        for nproc, name in ((None, "one"), (2, "two")):
+            if needed:
+                predict(hls_run, inputs["scenes"], folder / name, HLS_CHIP_BANDS, "scale=0.0001", "probabilities=true",
+                        "block_size=64", nproc=nproc)
+    return {"one": folder / "one", "two": folder / "two"}
 
 
-@shares_runs
 @needs_real
 def test_real_hls_chip_keeps_grid_and_nodata_and_is_a_cog(predicted: dict, inputs: dict) -> None:
     classes, meta = read(predicted["one"] / "hls_chip_classes.tif")
@@ -137,7 +164,6 @@ def test_real_hls_chip_keeps_grid_and_nodata_and_is_a_cog(predicted: dict, input
     assert sidecar["windows"] > 0 and sidecar["windows_per_second"] > 0
 
 
-@shares_runs
 @needs_real
 def test_a_folder_of_single_band_files_is_one_scene_and_no_georeferencing_passes_through(predicted: dict) -> None:
     classes, meta = read(predicted["one"] / "bercy_classes.tif")
@@ -149,7 +175,6 @@ def test_a_folder_of_single_band_files_is_one_scene_and_no_georeferencing_passes
     assert sidecar["bands_used"]["optical"] == [f"{file}.tif:1 as {band}" for band, file in files.items()]
 
 
-@shares_runs
 def test_quadrants_predicted_apart_match_the_whole_away_from_their_borders(predicted: dict) -> None:
     whole, meta = read(predicted["one"] / "whole_probabilities.tif")
     assert meta["shape"] == (SIDE, SIDE)
@@ -163,7 +188,6 @@ def test_quadrants_predicted_apart_match_the_whole_away_from_their_borders(predi
             np.testing.assert_allclose(part[inner], expected, atol=1e-3)  # 16-bit storage of equal logits
 
 
-@shares_runs
 def test_two_processes_write_the_same_maps_as_one(predicted: dict) -> None:
     names = sorted(p.name for p in predicted["one"].glob("*.tif"))
     assert names == sorted(p.name for p in predicted["two"].glob("*.tif")) and len(names) >= 2 * 5
@@ -186,7 +210,6 @@ def test_non_square_rgb_scene_through_a_dofa_run(synthetic_root: Path, tmp_path:
     assert sidecar["bands_used"]["optical"] == ["RGB.byte.tif:3 as B2", "RGB.byte.tif:2 as B3", "RGB.byte.tif:1 as B4", "filled", "filled", "filled"]
 
 
-@shares_runs
 @needs_real
 def test_embed_writes_the_encoder_features_on_the_patch_grid(hls_run: Path, tmp_path: Path) -> None:
     run_benchmark(["--config-name=embed", f"ckpt_dir={hls_run}", f"inputs={HLS_CHIP}", f"output_dir={tmp_path}", HLS_CHIP_BANDS, "scale=0.0001"])

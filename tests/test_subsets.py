@@ -188,3 +188,15 @@ def test_bad_values_stop_a_run_at_start_up_before_its_folder_exists(tmp_path: Pa
     with pytest.raises(ConfigError, match=r"dataset.train_fraction=1.5: must be a number in \(0, 1\]"):
         check_config(cfg)
     assert not (tmp_path / "wd").exists() or not any((tmp_path / "wd").iterdir())
+
+
+def test_pangaea_limited_label_train_sets_the_train_fraction(tmp_path: Path) -> None:
+    from benchmark.compat import apply_aliases, pangaea_problems
+
+    cfg = config(tmp_path / "syn", tmp_path / "wd", "limited_label_train=0.25")
+    assert pangaea_problems(cfg) == []
+    apply_aliases(cfg)
+    assert cfg.dataset.train_fraction == 0.25
+    both = config(tmp_path / "syn", tmp_path / "wd", "limited_label_train=0.25", "dataset.train_fraction=0.5")
+    assert any("limited_label_train=0.25 contradicts dataset.train_fraction=0.5" in p for p in pangaea_problems(both))
+    assert pangaea_problems(config(tmp_path / "syn", tmp_path / "wd", "limited_label_strategy=random"))
