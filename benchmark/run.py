@@ -10,7 +10,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from benchmark import pipeline
+from benchmark import CONFIG_DIR, pipeline
 from benchmark.predict import app
 
 COMMANDS = {"train": pipeline.train, "test": pipeline.test, "predict": app.predict, "embed": app.embed}
@@ -22,9 +22,9 @@ def dispatch(cfg: DictConfig) -> None:
     COMMANDS[cfg.command](cfg)
 
 
-main = hydra.main(config_path="../configs", config_name="train", version_base="1.3")(dispatch)
-predict_main = hydra.main(config_path="../configs", config_name="predict", version_base="1.3")(dispatch)
-embed_main = hydra.main(config_path="../configs", config_name="embed", version_base="1.3")(dispatch)
+main = hydra.main(config_path=CONFIG_DIR, config_name="train", version_base="1.3")(dispatch)
+predict_main = hydra.main(config_path=CONFIG_DIR, config_name="predict", version_base="1.3")(dispatch)
+embed_main = hydra.main(config_path=CONFIG_DIR, config_name="embed", version_base="1.3")(dispatch)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from benchmark import CONFIG_DIR
 from benchmark.models.segmentor import resolve_mode
 from benchmark.pipeline import hydra_choices
 from benchmark.results import completed_results
@@ -70,7 +71,7 @@ def completed_run(cfg: DictConfig) -> Path | None:
     return folder if folder is not None and completed_results(folder) is not None else None
 
 
-@hydra.main(config_path="../configs", config_name="sweep", version_base="1.3")
+@hydra.main(config_path=CONFIG_DIR, config_name="sweep", version_base="1.3")
 def run_job(cfg: DictConfig) -> None:
     """One job of the sweep: skip it if it completed, else run it in fresh processes."""
     log_to_console()  # again here: parallel and Slurm launchers run jobs in other processes

@@ -171,3 +171,16 @@ def test_a_scene_smaller_than_the_window_is_one_padded_window() -> None:
     assert block.windows == ((0, 0),) and (block.height, block.width) == (10, 12)
     values = blend_block(block, lambda positions: torch.ones(len(positions), 2, 16, 16), 16, 4, torch.device("cpu"))
     assert values.shape == (2, 10, 12) and torch.allclose(values, torch.ones(2, 10, 12))
+
+
+def test_console_scripts_find_the_configs_from_any_folder(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = Path(sys.executable).with_name("geofm-predict")
+    if not script.is_file():
+        pytest.skip("the package is not installed in this environment (pip install -e .)")
+    result = subprocess.run([str(script), f"ckpt_dir={tmp_path}", f"inputs={tmp_path / 'absent.tif'}", f"output_dir={tmp_path}"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "no such file or folder" in result.stdout + result.stderr  # dispatched to predict
+    assert "Primary config" not in result.stdout + result.stderr
