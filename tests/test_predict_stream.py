@@ -104,12 +104,12 @@ def test_a_folder_of_band_files_is_one_scene_and_must_share_one_grid(tmp_path: P
         find_scenes(str(tmp_path))
 
 
-def run_config(preprocessing: str = "seg_default") -> OmegaConf:
+def run_config(preprocessing: str = "seg_default", bands: str = "B4,B3,B2") -> OmegaConf:
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(str(Path(__file__).resolve().parents[1] / "configs"), version_base="1.3"):
         return compose("train", overrides=["dataset=synthetic_burnscars", "encoder=dofa", f"preprocessing={preprocessing}",
-                                           "encoder.input_bands={optical:[B4,B3,B2]}"])
+                                           f"encoder.input_bands={{optical:[{bands}]}}"])
 
 
 def test_missing_bands_the_model_reads_are_refused_and_unused_ones_filled(tmp_path: Path) -> None:
@@ -184,3 +184,48 @@ def test_console_scripts_find_the_configs_from_any_folder(tmp_path: Path) -> Non
                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "no such file or folder" in result.stdout + result.stderr  # dispatched to predict
     assert "Primary config" not in result.stdout + result.stderr
+
+
+def test_a_window_cut_from_a_block_region_equals_the_window_read_alone(tmp_path: Path) -> None:
+    profile = dict(driver="GTiff", height=40, width=30, count=3, dtype="float32", crs="EPSG:32610",
+                   transform=from_origin(0, 0, 10, 10))
+    with rasterio.open(tmp_path / "rgb.tif", "w", **profile) as dst:
+        dst.write(np.random.default_rng(0).random((3, 40, 30), dtype=np.float32))
+        for index, name in enumerate(["B4", "B3", "B2"], start=1):
+            dst.set_band_description(index, name)
+    inputs = ModelInputs(run_config(), window=16)
+    with inputs.reader(find_scenes(str(tmp_path / "rgb.tif"))[0], scale=1.0) as reader:
+        from_block = inputs.batch(reader.region(3, 5, 40, 30), [(10, 12)])["optical"]
+        alone = inputs.batch(reader.region(10, 12, 26, 28), [(10, 12)])["optical"]
+    assert torch.equal(from_block, alone) and from_block.abs().sum() > 0
+
+
+def test_a_scene_in_other_units_than_the_training_data_gets_a_warning_naming_the_scale(tmp_path: Path, caplog) -> None:
+    import logging
+
+    profile = dict(driver="GTiff", height=20, width=20, count=2, dtype="uint16")
+    with rasterio.open(tmp_path / "dn.tif", "w", **profile) as dst:
+        dst.write(np.full((2, 20, 20), 900, dtype=np.uint16))  # reflectance x 10000
+        for index, name in enumerate(["B4", "B3"], start=1):
+            dst.set_band_description(index, name)
+    inputs = ModelInputs(run_config(bands="B4,B3"), window=16)  # 4 of the 6 training bands are filled: not counted
+    scene = find_scenes(str(tmp_path / "dn.tif"))[0]
+    with caplog.at_level(logging.WARNING, logger="benchmark.predict.model_inputs"):
+        with inputs.reader(scene, scale=1.0) as reader:
+            inputs.check_units(reader)
+        assert "if the scene is in other units, set scale=0.0001" in caplog.text
+        caplog.clear()
+        with inputs.reader(scene, scale=0.0001) as reader:
+            inputs.check_units(reader)
+        assert caplog.text == ""
+
+
+def test_map_settings_that_cannot_work_are_refused() -> None:
+    from benchmark.predict.app import check_settings
+
+    settings = OmegaConf.create({"stride": None, "block_size": 1024, "scale": 1.0, "windows_per_batch": 8})
+    assert check_settings(settings, window=224, pixel_factor=1) == 112
+    for bad, match in (({"stride": 300}, "stride=300"), ({"block_size": 100}, "block_size=100"),
+                       ({"block_size": 1000}, "multiple of 16"), ({"scale": 0}, "scale")):
+        with pytest.raises(ValueError, match=match):
+            check_settings(OmegaConf.merge(settings, bad), window=224, pixel_factor=16)

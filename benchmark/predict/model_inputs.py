@@ -66,7 +66,8 @@ class ModelInputs:
         for modality, image in images.items():
             medians = np.median(image[:, ~nodata], axis=1)
             means = np.asarray(self.means[modality])
-            ratios = medians[means > 0] / means[means > 0]
+            read = np.array([source is not None for source in reader.plan[modality]])  # filled bands read as the mean
+            ratios = medians[read & (means > 0)] / means[read & (means > 0)]
             ratio = float(np.median(np.abs(ratios))) if ratios.size else 1.0
             if not 1 / FAR_RATIO < ratio < FAR_RATIO:
                 log.warning(
