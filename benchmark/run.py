@@ -1,25 +1,22 @@
 """Hydra entry point: ``python benchmark/run.py ...`` or ``torchrun --nproc_per_node=N benchmark/run.py ...``.
 
-The config's ``command`` key chooses the job; each command has its config: ``train`` (default) fine-tunes
-and tests; ``test ckpt_dir=<run dir>`` evaluates a saved run; ``predict`` and ``embed`` map scenes with a
+The config's ``command`` key names the job's function, and each command has its config: ``train``
+(default) fine-tunes and tests; ``test ckpt_dir=<run dir>`` evaluates a saved run; ``predict`` and ``embed`` map scenes with a
 saved run (``benchmark/predict``).
 """
 
 from __future__ import annotations
 
 import hydra
+from hydra.utils import get_method
 from omegaconf import DictConfig
 
-from benchmark import CONFIG_DIR, pipeline
-from benchmark.predict import app
-
-COMMANDS = {"train": pipeline.train, "test": pipeline.test, "predict": app.predict, "embed": app.embed}
+from benchmark import CONFIG_DIR
 
 
 def dispatch(cfg: DictConfig) -> None:
-    if cfg.command not in COMMANDS:
-        raise ValueError(f"command={cfg.command} is not one of {', '.join(COMMANDS)}: use --config-name=<command>")
-    COMMANDS[cfg.command](cfg)
+    """Call the job the config names in ``command`` (a function taking the config)."""
+    get_method(cfg.command)(cfg)
 
 
 main = hydra.main(config_path=CONFIG_DIR, config_name="train", version_base="1.3")(dispatch)
