@@ -90,6 +90,14 @@ def clear(run_dir: Path) -> None:
         (run_dir / FAILURES).rmdir()
 
 
+def ignore_sigterm() -> None:
+    """From now on SIGTERM is ignored (main thread only): called once a failure is being reported, since a
+    SIGTERM that torchrun sends while rank 0 waits for the other ranks' records would otherwise cut the
+    report short and leave no ``results.json``."""
+    with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 @contextlib.contextmanager
 def sigterm_raises() -> Iterator[None]:
     """Within this block the first SIGTERM raises :class:`TerminatedError` (later ones are ignored), so that
@@ -97,7 +105,7 @@ def sigterm_raises() -> Iterator[None]:
     before it sends SIGKILL)."""
 
     def handler(signum: int, frame: object) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a repeated SIGTERM must not cut the report short
+        ignore_sigterm()  # a repeated SIGTERM must not cut the report short
         raise TerminatedError("terminated by SIGTERM (torchrun stops every rank when one fails)")
 
     try:

@@ -177,6 +177,7 @@ def build_trainer(
 def report_failure(ctx: DistContext, run_dir: Path, error: BaseException, since: float) -> None:
     """Record ``error`` and, on rank 0, write the failed ``results.json`` with the error of the rank that
     failed first (raising it as :class:`~benchmark.failures.PeerFailedError` when it was another rank's)."""
+    failures.ignore_sigterm()
     own = failures.record(run_dir, ctx.rank, error) if ctx.distributed else None
     if not ctx.is_main:
         return

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,8 @@ import torch
 import torch.multiprocessing as mp
 from hydra.utils import instantiate
 
-from benchmark import builders
-from benchmark.distributed import all_gather_object, process_seed
+from benchmark import builders, failures, pipeline
+from benchmark.distributed import DistContext, all_gather_object, process_seed
 from benchmark.engine.checkpoint import load_checkpoint, seed_everything
 from benchmark.engine.trainer import Trainer
 from conftest import only_run_dir, run_benchmark, tiny_overrides
@@ -156,3 +157,22 @@ def test_under_torchrun_the_failing_rank_s_error_is_reported_not_its_echo(synthe
     assert "sitecustomize.py" in results["traceback"], "the traceback is the failing rank's"
     assert "rank 1 failed first: RuntimeError: disk quota exceeded" in result.stdout + result.stderr
     assert not (run_dir / ".failures").exists()
+
+
+def test_a_sigterm_while_rank_0_reports_a_failure_does_not_cut_the_report_short(tmp_path: Path, monkeypatch) -> None:
+    # The race CI met: rank 0 gets the echo of rank 1's failure first, then torchrun's SIGTERM arrives while
+    # it waits for rank 1's record; results.json must still be written.
+    failures.record(tmp_path, 1, RuntimeError("disk quota exceeded on rank 1"))
+    wait_for_records = failures.first_failure
+
+    def sigterm_then_wait(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return wait_for_records(*args, **kwargs)
+
+    monkeypatch.setattr(failures, "first_failure", sigterm_then_wait)
+    rank0 = DistContext(rank=0, world_size=2, local_rank=0, device=CPU)
+    with failures.sigterm_raises(), pytest.raises(failures.PeerFailedError, match="rank 1 failed first"):
+        pipeline.report_failure(rank0, tmp_path, ConnectionError("Connection closed by peer"), since=0.0)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["status"] == "failed"
+    assert results["error"] == "PeerFailedError: rank 1 failed first: RuntimeError: disk quota exceeded on rank 1"
