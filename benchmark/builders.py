@@ -139,6 +139,20 @@ def check_train_batch(cfg: DictConfig, model: Segmentor, ctx: DistContext) -> No
         )
 
 
+def check_train_size(cfg: DictConfig, ctx: DistContext, samples: int) -> None:
+    """Stop before any work when the train split (after ``dataset.train_fraction``) holds fewer samples than
+    one batch over all processes: batches are full (drop_last), so every epoch would train on nothing."""
+    if samples >= cfg.batch_size * ctx.world_size:
+        return
+    fraction = requested_subset(cfg.dataset)[0]
+    source = f"dataset.train_fraction={fraction:g} leaves" if fraction < 1 else "the train split holds"
+    raise ValueError(
+        f"{source} {samples} training samples, fewer than one batch (batch_size={cfg.batch_size} x "
+        f"{ctx.world_size} process(es)): every epoch would train on nothing. Set batch_size={max(1, samples // ctx.world_size)} "
+        "or lower, or train on more labels"
+    )
+
+
 def loader_workers(num_workers: int, dataset: Dataset, ctx: DistContext) -> int:
     """DataLoader workers for ``dataset``: none for cached features on CPU, where reading memory-mapped
     rows costs less than shipping them from worker processes that compete for the same cores."""
@@ -155,11 +169,7 @@ def train_loader(
     if features is not None:
         cached = features.train_windows(tiles, cache_key(cfg, "train"))
         dataset = dataset if cached is None else cached
-    if len(dataset) < cfg.batch_size * ctx.world_size:
-        raise ValueError(
-            f"{len(dataset)} training samples are fewer than one batch ({cfg.batch_size} x "
-            f"{ctx.world_size} processes); lower batch_size"
-        )
+    check_train_size(cfg, ctx, len(dataset))
     sampler = EpochShuffleSampler(len(dataset), ctx.rank, ctx.world_size, seed=cfg.seed)
     workers = loader_workers(cfg.num_workers, dataset, ctx)
     return make_loader(dataset, sampler, cfg.batch_size, workers, ctx.device.type == "cuda", drop_last=True)
@@ -197,7 +207,10 @@ def build_segmentor(cfg: DictConfig, mode: str, ctx: DistContext) -> Segmentor:
         log.info("LoRA: rank %d, alpha %g on %d layers of %s; its other weights stay frozen", settings.rank, settings.alpha, adapted, type(encoder).__name__)
     decoder = instantiate_plain(cfg.decoder, in_dims=encoder.output_dims, _convert_="all")
     progressive = ProgressiveSchedule(**cfg.progressive) if mode == "progressive" else None
-    model = Segmentor(encoder, decoder, mode, unfreeze_last=cfg.get("unfreeze_last"), progressive=progressive)
+    model = Segmentor(
+        encoder, decoder, mode, unfreeze_last=cfg.get("unfreeze_last"), progressive=progressive,
+        freeze_norm=bool(cfg.get("freeze_encoder_norm", False)),
+    )
     if ctx.distributed and ctx.device.type == "cuda":
         # BatchNorm statistics are shared across GPUs under DDP; on CPU (gloo) plain BatchNorm stays.
         model.decoder = nn.SyncBatchNorm.convert_sync_batchnorm(model.decoder)

@@ -59,7 +59,11 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "mode": (_one_of(*MODES), ", ".join(MODES[:-1]) + " or " + MODES[-1]),
     "cache_dtype": (_one_of("float16", "float32"), "float16 or float32"),
     "use_wandb": (lambda v: isinstance(v, bool), "true or false"),
+    "freeze_encoder_norm": (lambda v: isinstance(v, bool), "true or false"),
+    "tuned_from": (_optional(lambda v: isinstance(v, str) and v != ""), "null or the name of a tuning trial's run folder"),
 }
+# Modes whose pretrained encoder trains, so that its norm layers can be kept as released.
+NORM_FREEZING_MODES = ("partial", "progressive", "unfrozen")
 
 
 def _window_problems(cfg: DictConfig) -> list[str]:
@@ -116,6 +120,26 @@ def _weights_problems(cfg: DictConfig) -> list[str]:
     ]
 
 
+def _mode_setting_problems(cfg: DictConfig) -> list[str]:
+    """Encoder settings the mode would ignore: an encoder learning rate (``encoder_lr_scale``,
+    ``encoder_lr_decay``) with a frozen encoder, ``freeze_encoder_norm=true`` where no pretrained norm layer
+    trains (frozen, lora) or none exists (random)."""
+    try:
+        mode = resolve_mode(OmegaConf.select(cfg, "mode"), OmegaConf.select(cfg, "finetune"))
+    except ValueError:
+        return []  # reported by the mode rule
+    problems = []
+    if mode == "frozen":
+        if OmegaConf.select(cfg, "encoder_lr_scale", default=1.0) != 1.0:
+            problems.append(f"encoder_lr_scale={cfg.encoder_lr_scale}: mode=frozen trains no encoder; drop it or choose a mode that trains the encoder")
+        if OmegaConf.select(cfg, "encoder_lr_decay") is not None:
+            problems.append(f"encoder_lr_decay={cfg.encoder_lr_decay}: mode=frozen trains no encoder; drop it or choose a mode that trains the encoder")
+    if OmegaConf.select(cfg, "freeze_encoder_norm") is True and mode not in NORM_FREEZING_MODES:
+        why = "holds no pretrained norm layers" if mode == "random" else "never trains its norm layers"
+        problems.append(f"freeze_encoder_norm=true: mode={mode} {why}; use it with mode={', '.join(NORM_FREEZING_MODES)} or drop it")
+    return problems
+
+
 def _pairing_problems(cfg: DictConfig) -> list[str]:
     """A decoder built for a feature pyramid (``needs_pyramid``) needs an encoder that returns one."""
     try:
@@ -164,6 +188,7 @@ def config_problems(cfg: DictConfig, check_work_dir: bool = True) -> list[str]:
             problems.append(f"{key}={value!r}: must be {valid}")
     problems += _window_problems(cfg)
     problems += _weights_problems(cfg)
+    problems += _mode_setting_problems(cfg)
     problems += _pairing_problems(cfg)
     problems += _subset_problems(cfg)
     problems += pangaea_problems(cfg)

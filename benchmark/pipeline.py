@@ -90,6 +90,7 @@ def fit_and_test(
         save_config(cfg, choices, mode, run_dir)
     seed_everything(int(cfg.seed))
     datasets = builders.build_datasets(cfg, ctx)  # every file of every split checked before the work
+    builders.check_train_size(cfg, ctx, len(datasets["train"]))
     model = builders.build_segmentor(cfg, mode, ctx)
     builders.check_train_batch(cfg, model, ctx)
     counts = model.parameter_counts()

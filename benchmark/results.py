@@ -4,9 +4,9 @@ Every run folder ends with a ``results.json`` (written atomically by rank 0): ``
 ``completed`` (config summary, best epoch, validation and test metrics, cost, versions) or ``failed``
 (error and traceback); a run that was killed leaves none. ``schema_version`` says which layout a file
 has; files without one were written before this module (version 1) and are read with the fields they
-lack set to None. The job identity of a run (``RunConfig.identity``) is every config-group choice,
-the mode, the settings overrides (by their hash), the training-crop protocol, the label fraction (fraction,
-draw, subset file SHA-256; added within version 2: files without them read as 1.0, 0, None) and the seed.
+lack set to None. A run's identity (``RunConfig.identity``): config-group choices, mode, settings
+overrides (hash), crop protocol, label fraction (fraction, draw, subset SHA-256) and seed. Fields added
+within version 2 (label fraction, ``strategy``) read with their defaults from files without them.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class RunConfig:
     dataset: str
     encoder: str
     decoder: str
-    mode: str  # frozen | unfrozen | random
+    mode: str  # one of segmentor.MODES
     seed: int
     preprocessing: str | None = None
     criterion: str | None = None
@@ -67,11 +67,14 @@ class RunConfig:
     train_fraction: float = 1.0  # share of the train split's tiles trained on (dataset.train_fraction)
     subset_draw: int = 0  # which stratified draw of that share (dataset.subset_draw)
     subset_sha256: str | None = None  # SHA-256 of the subset file (benchmark.data.subsets); None: the whole split
+    strategy: dict[str, Any] = field(default_factory=dict)  # fine-tuning settings the mode used (rundir.strategy)
     encoder_weights: str | None = None
     n_epochs: int | None = None
     batch_size_per_process: int | None = None
     world_size: int | None = None
     device: str | None = None
+
+    __hash__ = None  # type: ignore[assignment]  # holds a dict; identity() is the hashable key
 
     def identity(self, seed: bool = True) -> tuple[Any, ...]:
         """The job (``seed=True``) or the experiment (``seed=False``: what seeds repeat) as a tuple."""
@@ -141,10 +144,7 @@ def completed_result(
 
 
 def failed_result(
-    run_dir: str | Path,
-    error: BaseException,
-    versions: dict[str, str],
-    config: RunConfig | None = None,
+    run_dir: str | Path, error: BaseException, versions: dict[str, str], config: RunConfig | None = None,
     traceback_text: str | None = None,
 ) -> RunResult:
     """The result of a run that stopped with ``error``, with its traceback (or ``traceback_text``: that of
@@ -187,8 +187,7 @@ def completed_results(run_dir: str | Path) -> RunResult | None:
     return result if result.status == "completed" else None
 
 
-# --------------------------------------------------------------------------------------------------
-# Validation
+# Validation ---------------------------------------------------------------------------------------
 
 
 def _from_dict(data: Any) -> RunResult:

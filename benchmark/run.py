@@ -8,6 +8,8 @@ saved run (``benchmark/predict``).
 from __future__ import annotations
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import get_method
 from omegaconf import DictConfig
 
@@ -16,6 +18,12 @@ from benchmark import CONFIG_DIR
 
 def dispatch(cfg: DictConfig) -> None:
     """Call the job the config names in ``command`` (a function taking the config)."""
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.MULTIRUN and "optuna" in str(hydra_cfg.sweeper.get("_target_", "")).lower():
+        raise ValueError(
+            "run.py -m runs the jobs of a sweep in this process and returns no score for Optuna: tune with "
+            "python -m benchmark.sweep hydra/sweeper=tune ... (each trial in fresh processes, scored on validation)"
+        )
     get_method(cfg.command)(cfg)
 
 

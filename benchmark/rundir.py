@@ -9,6 +9,7 @@ import re
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -153,9 +154,29 @@ def summary(cfg: DictConfig, choices: dict[str, str], mode: str, ctx: DistContex
         train_fraction=fraction,
         subset_draw=draw,
         subset_sha256=recorded_sha256(cfg.dataset),  # the file the train split was read from
+        strategy=strategy(cfg, mode),
         encoder_weights=cfg.encoder.get("encoder_weights") if mode != "random" else None,
         n_epochs=int(cfg.task.trainer.n_epochs),
         batch_size_per_process=int(cfg.batch_size),
         world_size=ctx.world_size,
         device=str(ctx.device),
     )
+
+
+def strategy(cfg: DictConfig, mode: str) -> dict[str, Any]:
+    """The fine-tuning settings ``mode`` uses, with their values (defaults included; those of other modes
+    left out), for ``results.json`` and the report."""
+    used: dict[str, Any] = {}
+    if mode == "partial":
+        used["unfreeze_last"] = int(cfg.unfreeze_last)
+    if mode == "progressive":
+        used.update({f"progressive.{key}": int(value) for key, value in cfg.progressive.items()})
+    if mode == "lora":
+        used.update({f"lora.{key}": value for key, value in OmegaConf.to_container(cfg.lora).items()})
+    if mode != "frozen":
+        used["encoder_lr_scale"] = float(cfg.encoder_lr_scale)
+        if cfg.get("encoder_lr_decay") is not None:
+            used["encoder_lr_decay"] = float(cfg.encoder_lr_decay)
+    if cfg.get("freeze_encoder_norm"):
+        used["freeze_encoder_norm"] = True
+    return used

@@ -71,20 +71,30 @@ def completed_run(cfg: DictConfig) -> Path | None:
     return folder if folder is not None and completed_results(folder) is not None else None
 
 
+def validation_score(cfg: DictConfig, run_dir: Path | None) -> float:
+    """The run's best validation metric (``task.trainer.best_metric_key``): what a tuning sweeper maximises."""
+    result = completed_results(run_dir) if run_dir is not None else None
+    if result is None or result.val is None:
+        raise JobFailedError(f"no completed run of job {' '.join(setting_overrides())} found under {cfg.work_dir}")
+    return float(result.val[cfg.task.trainer.best_metric_key])
+
+
 @hydra.main(config_path=CONFIG_DIR, config_name="sweep", version_base="1.3")
-def run_job(cfg: DictConfig) -> None:
-    """One job of the sweep: skip it if it completed, else run it in fresh processes."""
+def run_job(cfg: DictConfig) -> float:
+    """One job of the sweep: skip it if it completed, else run it in fresh processes. Returns its
+    :func:`validation_score` (the objective of ``hydra/sweeper=tune``; the basic sweeper ignores it)."""
     log_to_console()  # again here: parallel and Slurm launchers run jobs in other processes
     overrides = run_overrides(list(HydraConfig.get().overrides.task))
     done = completed_run(cfg) if "resume=true" in overrides or cfg.resume else None
     if done is not None:
         log.info("skip %s: completed in %s", " ".join(overrides), done)
-        return
+        return validation_score(cfg, done)
     command = job_command(overrides, int(cfg.nproc_per_node))
     log.info("run %s", " ".join(command))
     returncode = subprocess.run(command).returncode
     if returncode != 0:
         raise JobFailedError(f"job {' '.join(overrides)} exited with code {returncode}")
+    return validation_score(cfg, completed_run(cfg))
 
 
 def log_to_console() -> None:

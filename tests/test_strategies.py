@@ -118,6 +118,7 @@ def test_a_partial_run_completes_and_records_its_mode(synthetic_root, tmp_path) 
     results = json.loads((only_run_dir(tmp_path / "wd") / "results.json").read_text())
     assert results["status"] == "completed" and results["config"]["mode"] == "partial"
     assert results["cost"]["trainable_params"] < results["cost"]["total_params"]
+    assert results["config"]["strategy"] == {"unfreeze_last": 1, "encoder_lr_scale": 1.0}
 
 
 def test_progressive_unfreezes_one_depth_per_epoch_from_the_top(tmp_path) -> None:
@@ -139,3 +140,72 @@ def test_progressive_unfreezes_one_depth_per_epoch_from_the_top(tmp_path) -> Non
     assert "patch_embed.proj.weight" in gradients_after_a_step(model)
     assert not model.encoder.pos_embed.requires_grad  # a fixed table stays fixed
     assert model.set_epoch(6) is None  # nothing left to unfreeze
+
+
+def test_freeze_encoder_norm_keeps_layer_norms_as_released_while_the_rest_trains(tmp_path) -> None:
+    from benchmark.models.encoder_layers import norm_layers
+
+    _, model = tiny_model(tmp_path, "unfrozen", "freeze_encoder_norm=true")
+    norm_params = {f"{name}.{p}" for name, m in model.encoder.named_modules() if m in norm_layers(model.encoder) for p, _ in m.named_parameters()}
+    assert norm_params, "the tiny MAE has LayerNorms"
+    trained = gradients_after_a_step(model)
+    assert trained and not trained & norm_params
+    assert "blocks.0.attn.qkv.weight" in trained
+    assert all(not m.training for m in norm_layers(model.encoder)) and model.encoder.training
+
+
+def test_freeze_encoder_norm_keeps_batchnorm_statistics() -> None:
+    from benchmark.models.decoders.unet import UNetDecoder
+    from benchmark.models.encoders.unet import UNetEncoder
+    from benchmark.models.segmentor import Segmentor
+
+    encoder = UNetEncoder(input_bands={"optical": ["B2", "B3"]}, input_size=32, topology=[4, 8], patch_size=4)
+    model = Segmentor(encoder, UNetDecoder(encoder.output_dims, num_classes=2), "unfrozen", freeze_norm=True)
+    before = {name: b.clone() for name, b in model.encoder.named_buffers()}
+    model.train()
+    model({"optical": torch.randn(2, 2, 1, 32, 32) * 5 + 3}, (32, 32)).sum().backward()
+    assert all(torch.equal(before[name], b) for name, b in model.encoder.named_buffers() if "running" in name)
+    batch_norms = [m for m in model.encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert batch_norms and all(m.weight.grad is None for m in batch_norms)
+    assert any(p.grad is not None for p in model.encoder.parameters())
+
+
+@pytest.mark.parametrize("mode", ["frozen", "lora", "random"])
+def test_freeze_encoder_norm_is_refused_where_it_would_do_nothing(mode: str) -> None:
+    from test_baselines import composed
+
+    from benchmark.config_checks import config_problems
+
+    problems = config_problems(composed([f"mode={mode}", "freeze_encoder_norm=true", "encoder=prithvi"]), check_work_dir=False)
+    assert [p for p in problems if p.startswith(f"freeze_encoder_norm=true: mode={mode}")], problems
+
+
+def test_each_mode_records_the_fine_tuning_settings_it_used(tmp_path) -> None:
+    from benchmark.rundir import strategy
+
+    cfg, _ = tiny_model(tmp_path, "frozen")
+    assert strategy(cfg, "frozen") == {}
+    assert strategy(cfg, "partial") == {"unfreeze_last": 2, "encoder_lr_scale": 1.0}
+    assert strategy(cfg, "progressive") == {"progressive.head_epochs": 2, "progressive.epochs_per_block": 1, "encoder_lr_scale": 1.0}
+    assert strategy(cfg, "lora") == {"lora.rank": 8, "lora.alpha": 16, "lora.dropout": 0.0, "lora.mlp": False, "encoder_lr_scale": 1.0}
+    cfg.encoder_lr_decay, cfg.freeze_encoder_norm = 0.75, True
+    assert strategy(cfg, "unfrozen") == {"encoder_lr_scale": 1.0, "encoder_lr_decay": 0.75, "freeze_encoder_norm": True}
+
+
+def test_the_report_shows_each_mode_s_settings_and_a_dash_where_a_mode_uses_none() -> None:
+    from pathlib import Path
+
+    from benchmark.report.runs import NOT_USED, Group, Run, mark_differences
+    from benchmark.results import RunConfig
+
+    def group(mode: str, strategy: dict) -> Group:
+        config = RunConfig(dataset="d", encoder="e", decoder="x", mode=mode, seed=0, strategy=strategy)
+        return Group(config, [Run(Path(mode), "completed", {})])
+
+    groups = [group("frozen", {}), group("partial", {"unfreeze_last": 2, "encoder_lr_scale": 1.0}), group("unfrozen", {"encoder_lr_scale": 0.1})]
+    mark_differences(groups)
+    assert [g.settings for g in groups] == [
+        {"unfreeze_last": NOT_USED, "encoder_lr_scale": NOT_USED},
+        {"unfreeze_last": "2", "encoder_lr_scale": "1"},
+        {"unfreeze_last": NOT_USED, "encoder_lr_scale": "0.1"},
+    ]

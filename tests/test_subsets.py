@@ -170,6 +170,16 @@ def test_a_run_trains_on_its_subset_and_records_it(synthetic_root: Path, tmp_pat
     assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["train_images"] == 2 * 2 * 4
 
 
+@pytest.mark.slow
+def test_a_fraction_smaller_than_one_batch_stops_before_training_naming_the_fix(synthetic_root: Path, tmp_path: Path) -> None:
+    # 10 % of the 19 tiles: 2 tiles, below batch_size=4; full batches only, so no epoch would train at all
+    result = run_benchmark(tiny_overrides(synthetic_root, tmp_path / "wd") + ["dataset.train_fraction=0.1"], check=False)
+    assert result.returncode != 0
+    assert "dataset.train_fraction=0.1 leaves 2 training samples, fewer than one batch (batch_size=4 x 1 process(es))" in result.stdout + result.stderr
+    assert "Set batch_size=2 or lower" in result.stdout + result.stderr
+    assert not (only_run_dir(tmp_path / "wd") / "checkpoints").exists(), "stopped before the first epoch"
+
+
 def test_the_label_fraction_experiment_sweeps_fractions_that_make_distinct_jobs() -> None:
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
         sweep = compose("train", overrides=["experiment=label_fractions"], return_hydra_config=True)

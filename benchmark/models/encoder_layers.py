@@ -1,6 +1,6 @@
 """An encoder's parameters by depth, for the strategies between frozen and unfrozen: training only the
 last blocks (``mode=partial``), unfreezing them top-down (``mode=progressive``) and layer-wise
-learning-rate decay (``encoder_lr_decay``).
+learning-rate decay (``encoder_lr_decay``); and the norm layers kept as released (``freeze_encoder_norm``).
 
 Depth 0 holds what comes before the first transformer block (patch embedding, tokens, position tables),
 depth ``i + 1`` block ``i``, depth ``n + 1`` what follows the last block (a final norm). The blocks are
@@ -14,6 +14,22 @@ from dataclasses import dataclass
 from torch import nn
 
 from benchmark.models.encoders.base import Encoder
+
+# Normalisation layers: BatchNorm and InstanceNorm (running statistics), GroupNorm, LayerNorm (timm's too).
+NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+
+
+def norm_layers(encoder: nn.Module) -> list[nn.Module]:
+    return [module for module in encoder.modules() if isinstance(module, NORM_LAYERS)]
+
+
+def freeze_norm_layers(encoder: nn.Module) -> int:
+    """Freeze the scale and shift of every norm layer of ``encoder`` (the Segmentor also keeps them in eval
+    mode, so BatchNorm statistics stay the released ones); returns how many layers."""
+    layers = norm_layers(encoder)
+    for layer in layers:
+        layer.requires_grad_(False)
+    return len(layers)
 
 
 def parameter_depths(encoder: Encoder) -> tuple[dict[str, int], int]:

@@ -10,7 +10,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmark.models.encoder_layers import ProgressiveSchedule, train_from_depth, train_last_blocks
+from benchmark.models.encoder_layers import (
+    ProgressiveSchedule, freeze_norm_layers, norm_layers, train_from_depth, train_last_blocks,
+)
 from benchmark.models.encoders.base import Encoder
 from benchmark.models.lora import adapter_state_dict, load_adapter_state_dict
 
@@ -42,6 +44,9 @@ class Segmentor(nn.Module):
     follows them) with the decoder; ``progressive`` trains the decoder alone first, then lets the encoder's
     blocks join from the top (:class:`~benchmark.models.encoder_layers.ProgressiveSchedule`); ``lora`` trains the decoder and the adapters that
     :func:`~benchmark.models.lora.add_lora` injected into the (otherwise frozen) encoder.
+
+    ``freeze_norm`` keeps the encoder's norm layers as released while the rest of it trains: their scale and
+    shift do not train and they stay in eval mode (BatchNorm uses and keeps its running statistics).
     """
 
     def __init__(
@@ -51,6 +56,7 @@ class Segmentor(nn.Module):
         mode: str,
         unfreeze_last: int | None = None,
         progressive: ProgressiveSchedule | None = None,
+        freeze_norm: bool = False,
     ) -> None:
         super().__init__()
         if mode not in MODES:
@@ -63,6 +69,9 @@ class Segmentor(nn.Module):
             self.encoder.eval()
         if mode == "partial":
             train_last_blocks(self.encoder, int(unfreeze_last or 0))
+        self.freeze_norm = freeze_norm
+        if freeze_norm:
+            freeze_norm_layers(self.encoder)
         # Progressive: everything is trainable when the optimizer is built; set_epoch then freezes what waits.
         self.progressive = (progressive or ProgressiveSchedule()) if mode == "progressive" else None
         self.lowest_trained_depth: int | None = -1
@@ -91,6 +100,9 @@ class Segmentor(nn.Module):
         super().train(mode)
         if not self.encoder_trains:
             self.encoder.eval()
+        if self.freeze_norm:  # looked up each time: SyncBatchNorm conversion replaces the modules
+            for layer in norm_layers(self.encoder):
+                layer.eval()
         return self
 
     def encode(self, image: dict[str, torch.Tensor]) -> list[torch.Tensor]:

@@ -3,7 +3,8 @@
 A group is every completed run with the same job identity except the seed (``RunConfig.identity``:
 all config-group choices, mode, settings overrides by hash, training-crop protocol) and the same
 label fraction (``dataset.train_fraction`` of its config.yaml or results.json, 1.0 where neither
-records one). Within one dataset, the settings in which groups differ become ``Group.settings``
+records one). Within one dataset, the settings in which groups differ (overrides, and the fine-tuning
+settings each mode used, ``RunConfig.strategy``) become ``Group.settings``
 (display name -> value): the extra columns of the leaderboard and the labels of the plots.
 """
 
@@ -29,6 +30,8 @@ JOB_FIELDS = ("dataset", "encoder", "decoder", "mode", "seed")  # named in every
 OTHER_CHOICES = tuple(g for g in CHOICE_GROUPS if g not in JOB_FIELDS)
 CROPS = "train crops"  # column title of the training-crop protocol
 DEFAULT = "(default)"  # a settings override a group does not have
+NOT_USED = "-"  # a fine-tuning setting (RunConfig.strategy) a group's mode does not use
+TUNED_FROM, TUNED = "tuned_from", "tuned"  # the override benchmark.tuning sets; its column
 UNKNOWN = "?"  # not recorded (files written before results.json schema 2)
 FRACTION = "dataset.train_fraction"  # share of the training labels a run used; 1.0 when not recorded
 # Display order of known names; others follow alphabetically.
@@ -244,11 +247,21 @@ def described(config: RunConfig, fraction: float = 1.0) -> dict[str, str]:
         key, _, value = override.partition("=")
         # choices and crops have columns of their own; the fraction is shown as used (below)
         own_column = key.lstrip("+~") in (*CHOICE_GROUPS, FRACTION) or key.lstrip("+") == "train_crop_stride"
-        if not own_column:
+        if key == TUNED_FROM:
+            settings[TUNED] = "yes"
+        elif not own_column:
             settings[key] = value if not key.startswith("~") else "(removed)"
+    settings.update({key: f"{value:g}" if isinstance(value, float) else str(value) for key, value in config.strategy.items()})
     settings[FRACTION] = f"{fraction:g}"  # the value used, also where it was no override
     settings[CROPS] = crop_protocol(config.train_crop_stride)
     return settings
+
+
+def absent(name: str, groups: Sequence[Group]) -> str:
+    """What a group shows for a setting it lacks: a strategy setting its mode does not use, or the default."""
+    if name == TUNED:
+        return "no"
+    return NOT_USED if any(name in g.config.strategy for g in groups) else DEFAULT
 
 
 def differences(groups: Sequence[Group]) -> tuple[list[str], dict[str, str]]:
@@ -257,7 +270,7 @@ def differences(groups: Sequence[Group]) -> tuple[list[str], dict[str, str]]:
     names = list(dict.fromkeys(name for s in settings for name in s))
     differing, shared = [], {}
     for name in names:
-        values = {s.get(name, DEFAULT) for s in settings}
+        values = {s.get(name, absent(name, groups)) for s in settings}
         if len(values) > 1:
             differing.append(name)
         else:
@@ -271,7 +284,7 @@ def mark_differences(groups: Sequence[Group]) -> None:
     differing, _ = differences(groups)
     for group in groups:
         settings = described(group.config, group.train_fraction)
-        group.settings = {name: settings.get(name, DEFAULT) for name in differing}
+        group.settings = {name: settings.get(name, absent(name, groups)) for name in differing}
     seen: dict[tuple, int] = defaultdict(int)
     for group in groups:
         seen[(group.config.encoder, group.config.decoder, group.config.mode, group.label)] += 1
