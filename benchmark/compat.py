@@ -106,6 +106,20 @@ PANGAEA_KEYS: dict[str, PangaeaKey] = {
         "ignored", "label subsets are always stratified (by burn-pixel share, benchmark/data/subsets.py)",
         supported=(None, "stratified"),
     ),
+    "limited_label_val": PangaeaKey(
+        "ignored", "models are chosen on the whole validation split", supported=(None, 1, 1.0),
+    ),
+    "stratification_bins": PangaeaKey(
+        "ignored", "label subsets are stratified by burn-pixel share in bins of their own (benchmark/data/subsets.py)",
+    ),
+    "data_replicate": PangaeaKey(
+        "ignored", "each epoch draws one crop per training tile; raise task.trainer.n_epochs for more steps",
+        supported=(None, 1),
+    ),
+    "use_final_ckpt": PangaeaKey(
+        "ignored", "the checkpoint of the best validation epoch is tested (checkpoints/last.pt holds the final "
+        "one: python benchmark/run.py --config-name=test ckpt_dir=<run dir> ckpt=last)", supported=(None, False),
+    ),
 }
 
 # Keys that change nothing a run computes: they do not make a new job (benchmark.rundir).
@@ -156,7 +170,7 @@ def log_pangaea_keys(cfg: DictConfig) -> None:
     """One log line per PANGAEA key of ``cfg``: ignored (and why), or which key of ours it sets."""
     for key, entry in PANGAEA_KEYS.items():
         value = OmegaConf.select(cfg, key, default=_ABSENT)
-        if value is _ABSENT or (entry.action == "alias" and value is None):
+        if value is _ABSENT or value is None:
             continue
         if entry.action == "alias":
             what = f"sets {entry.alias_of}={_show(OmegaConf.select(cfg, entry.alias_of))} ({entry.why})"

@@ -3,9 +3,8 @@
 #
 #   scripts/sweep_synthetic_demo.sh [folder]      # default: work_dir/synthetic_demo
 #
-# 1. A tiny ViT (the ssl4eo_mae_optical architecture with 4 blocks of 64 dims, 32 px windows) is
-#    trained from scratch on one synthetic scene set and saved in the SSL4EO release layout: a
-#    stand-in for pretrained weights, which cannot be downloaded offline.
+# 1. A tiny ViT is trained from scratch on one synthetic scene set as a stand-in for pretrained
+#    weights (scripts/synthetic_common.sh).
 # 2. scripts/sweep_modes.sh and scripts/sweep_decoders.sh run with it on another synthetic scene set
 #    (2 seeds, 10 epochs, decoders 64 channels wide); the report is written to <folder>/runs and
 #    copied to docs/synthetic_example/.
@@ -13,19 +12,9 @@ set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 DIR=${1:-work_dir/synthetic_demo}
 export PYTHON=${PYTHON:-python}
-TINY=(
-    dataset.img_size=64 dataset.num_train=40 dataset.num_test=12 encoder.input_size=32 encoder.embed_dim=64
-    encoder.depth=4 encoder.num_heads=4 "encoder.output_layers=[0,1,2,3]" batch_size=8 num_workers=0
-    test_num_workers=0 optimizer.lr=1e-3 task.trainer.n_epochs=10 task.trainer.eval_interval=1
-)
-weights=$DIR/vit_tiny_synthetic.pth
-if [ ! -f "$weights" ]; then
-    "$PYTHON" "$REPO/benchmark/run.py" dataset=synthetic_burnscars encoder=ssl4eo_mae_optical decoder=seg_fcn \
-        mode=random "${TINY[@]}" "dataset.root_path=$DIR/pretrain_data" dataset.generator_seed=1 \
-        dataset.num_train=80 task.trainer.n_epochs=15 "run_dir=$DIR/pretrain" resume=true
-    "$PYTHON" -c 'import sys, torch; best = torch.load(sys.argv[1], weights_only=True)
-torch.save({"model": best["model"]["encoder"]}, sys.argv[2])' "$DIR/pretrain/checkpoints/best.pt" "$weights"
-fi
+# shellcheck source=scripts/synthetic_common.sh
+source "$REPO/scripts/synthetic_common.sh"
+weights=$(synthetic_weights "$DIR")
 export DATASET=synthetic_burnscars ENCODERS=ssl4eo_mae_optical SEEDS=0,1 WORK_DIR=$DIR/runs
 SWEEP=("${TINY[@]}" "dataset.root_path=$DIR/data" "encoder.encoder_weights=$weights")
 "$REPO/scripts/sweep_modes.sh" "${SWEEP[@]}" decoder.channels=64

@@ -41,7 +41,10 @@ def test_every_pangaea_key_is_in_our_configs_so_it_can_be_given_without_a_plus(d
 
 
 def test_pangaea_keys_are_accepted_and_each_logged_as_ignored_or_mapped(caplog: pytest.LogCaptureFixture) -> None:
-    cfg = compose_train(*ACCEPTED, "finetune=true", "limited_label_train=0.5", "limited_label_strategy=stratified")
+    cfg = compose_train(
+        *ACCEPTED, "finetune=true", "limited_label_train=0.5", "limited_label_strategy=stratified", "limited_label_val=1",
+        "stratification_bins=3", "data_replicate=1", "use_final_ckpt=false",
+    )
     assert config_problems(cfg, check_work_dir=False) == []
     compat.apply_aliases(cfg)
     with caplog.at_level(logging.INFO, logger="benchmark.compat"):
@@ -55,6 +58,8 @@ def test_pangaea_keys_are_accepted_and_each_logged_as_ignored_or_mapped(caplog: 
     assert "finetune=true sets mode=unfrozen" in lines["finetune"] and cfg.mode == "unfrozen"
     assert "limited_label_train=0.5 sets dataset.train_fraction=0.5" in lines["limited_label_train"]
     assert "limited_label_strategy=stratified is ignored" in lines["limited_label_strategy"]
+    assert "stratification_bins=3 is ignored" in lines["stratification_bins"]
+    assert "use_final_ckpt=false is ignored: the checkpoint of the best validation epoch is tested" in lines["use_final_ckpt"]
     assert set(lines) == set(compat.PANGAEA_KEYS), "one line per key"
 
 
@@ -73,6 +78,9 @@ def test_finetune_null_is_not_logged(caplog: pytest.LogCaptureFixture) -> None:
         ("dataset.multi_modal=true", "dataset.multi_modal=true: must be false;"),
         ("task.trainer.use_wandb=1", "task.trainer.use_wandb=1: must be true or false;"),
         ("finetune=yes", "finetune=yes: must be null or true or false;"),
+        ("limited_label_val=0.1", "limited_label_val=0.1: must be null or 1 or 1.0; models are chosen on the whole validation split"),
+        ("data_replicate=4", "data_replicate=4: must be null or 1;"),
+        ("use_final_ckpt=true", "use_final_ckpt=true: must be null or false; the checkpoint of the best validation epoch"),
     ],
 )
 def test_an_unsupported_value_is_a_config_error_naming_the_key_and_what_is_supported(override: str, expected: str) -> None:

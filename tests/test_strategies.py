@@ -209,3 +209,26 @@ def test_the_report_shows_each_mode_s_settings_and_a_dash_where_a_mode_uses_none
         {"unfreeze_last": "2", "encoder_lr_scale": "1"},
         {"unfreeze_last": NOT_USED, "encoder_lr_scale": "0.1"},
     ]
+
+
+@pytest.mark.slow
+def test_a_progressive_run_under_torchrun_trains_the_top_blocks_first(synthetic_root, tmp_path) -> None:
+    from conftest import only_run_dir, run_benchmark, tiny_overrides
+
+    from benchmark.engine.checkpoint import load_checkpoint
+
+    _, released = tiny_model(tmp_path, "frozen")  # the same tiny weights file, as released
+    weights = tmp_path / "mae.pth"
+    run_benchmark(tiny_overrides(synthetic_root, tmp_path / "wd") + [
+        "mode=progressive", "progressive.head_epochs=1", "progressive.epochs_per_block=1", f"encoder.encoder_weights={weights}",
+        "task.trainer.n_epochs=3",
+    ], nproc=2)
+    run_dir = only_run_dir(tmp_path / "wd")
+    log = (run_dir / "train.log").read_text()
+    assert "the decoder trains; the encoder is frozen" in log
+    assert "the decoder and the encoder from block 3 up train" in log and "from block 2 up train" in log
+    trained = load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"]["encoder"]
+    changed = {name.split(".")[1] for name, value in released.encoder.state_dict().items()
+               if name.startswith("blocks.") and not torch.equal(value, trained[name])}
+    assert changed == {"2", "3"}, "epoch 2 trains block 3, epoch 3 blocks 2 and 3; blocks 0 and 1 wait"
+    assert torch.equal(released.encoder.state_dict()["patch_embed.proj.weight"], trained["patch_embed.proj.weight"])
