@@ -6,13 +6,8 @@
 # scripts/sweep_study.sh with the tiny ViT of scripts/synthetic_common.sh: the six modes x UperNet x label
 # fractions 25 / 50 / 100 % x 3 seeds, and a slim scratch U-Net on the same fractions and seeds. The report
 # is written to <folder>/study and copied to docs/synthetic_study/.
-set -euo pipefail
-REPO=$(cd "$(dirname "$0")/.." && pwd)
-DIR=${1:-work_dir/synthetic_demo}
-export PYTHON=${PYTHON:-python}
 # shellcheck source=scripts/synthetic_common.sh
-source "$REPO/scripts/synthetic_common.sh"
-weights=$(synthetic_weights "$DIR")
+source "$(dirname "$0")/synthetic_common.sh" "${1:-}"
 export DATASET=synthetic_burnscars ENCODERS=ssl4eo_mae_optical DECODERS=seg_upernet FRACTIONS=0.25,0.5,1.0 \
     SEEDS=0,1,2 WORK_DIR=$DIR/study
 export ENCODER_ARGS="${TINY_VIT[*]} encoder.encoder_weights=$weights decoder.channels=64"

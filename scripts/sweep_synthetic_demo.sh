@@ -8,13 +8,8 @@
 # 2. scripts/sweep_modes.sh and scripts/sweep_decoders.sh run with it on another synthetic scene set
 #    (2 seeds, 10 epochs, decoders 64 channels wide); the report is written to <folder>/runs and
 #    copied to docs/synthetic_example/.
-set -euo pipefail
-REPO=$(cd "$(dirname "$0")/.." && pwd)
-DIR=${1:-work_dir/synthetic_demo}
-export PYTHON=${PYTHON:-python}
 # shellcheck source=scripts/synthetic_common.sh
-source "$REPO/scripts/synthetic_common.sh"
-weights=$(synthetic_weights "$DIR")
+source "$(dirname "$0")/synthetic_common.sh" "${1:-}"
 export DATASET=synthetic_burnscars ENCODERS=ssl4eo_mae_optical SEEDS=0,1 WORK_DIR=$DIR/runs
 SWEEP=("${TINY[@]}" "dataset.root_path=$DIR/data" "encoder.encoder_weights=$weights")
 "$REPO/scripts/sweep_modes.sh" "${SWEEP[@]}" decoder.channels=64

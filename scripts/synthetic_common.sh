@@ -1,5 +1,6 @@
-# Sourced by the synthetic demos (scripts/sweep_synthetic_demo.sh, scripts/study_synthetic_demo.sh): the tiny
-# settings they share and the stand-in "pretrained" encoder they start from.
+# Sourced by the synthetic demos (scripts/sweep_synthetic_demo.sh, scripts/study_synthetic_demo.sh) with the
+# demo folder as argument: sets REPO, DIR, PYTHON, the tiny settings they share, and `weights`, the stand-in
+# "pretrained" encoder they start from.
 #
 # TINY_RUN: 64 px synthetic tiles and short training; TINY_VIT: a 4-block 64-dim ViT on 32 px windows;
 #   TINY: both. A run takes seconds per epoch on a CPU.
@@ -23,3 +24,9 @@ torch.save({"model": best["model"]["encoder"]}, sys.argv[2])' "$dir/pretrain/che
     fi
     echo "$weights"
 }
+
+set -euo pipefail
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+DIR=${1:-work_dir/synthetic_demo}  # "" also means the default
+export PYTHON=${PYTHON:-python}
+weights=$(synthetic_weights "$DIR")
