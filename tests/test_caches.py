@@ -181,6 +181,19 @@ def test_feature_cache_is_reused_and_rebuilt_when_stale_or_corrupt(tiny, tmp_pat
     assert not list((tmp_path / "features").glob(".*")), "no temporary folder left behind"
 
 
+def test_a_feature_cache_build_that_fails_leaves_no_folder_behind(tiny, tmp_path: Path, monkeypatch) -> None:
+    cfg, model = tiny
+    val = builders.build_dataset(cfg, "val", CPU)
+
+    def disk_full(cache: FeatureCache, images: list) -> list:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(FeatureCache, "encode", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        feature_cache(model, tmp_path / "features").eval_tiles(val, "val", 32, 16, builders.cache_key(cfg, "val"))
+    assert (tmp_path / "features").is_dir() and not list((tmp_path / "features").iterdir())
+
+
 def test_training_crop_settings_the_cache_cannot_follow(synthetic_root: Path, tmp_path: Path, caplog) -> None:
     flips = compose_tiny(synthetic_root, tmp_path / "wd", "preprocessing.train.3.horizontal=0.5")
     model = builders.build_segmentor(flips, "random", CPU).eval()

@@ -22,6 +22,7 @@ machine or a shared file system).
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -142,8 +143,13 @@ class FeatureCache:
         """Rank 0 allocates, every rank fills its shard, rank 0 seals; returns the layout."""
         tmp, layout = main_then_share(self.ctx, lambda: self.allocate(directory, tiles, grid), PREPARING)
         tmp = Path(tmp)
-        on_every_rank(self.ctx, lambda: self.fill(tmp, layout, tiles, grid, split), FILLING)
-        main_then_share(self.ctx, lambda: seal_folder(tmp, directory, key, layout, self.ctx.world_size), PREPARING)
+        try:
+            on_every_rank(self.ctx, lambda: self.fill(tmp, layout, tiles, grid, split), FILLING)
+            main_then_share(self.ctx, lambda: seal_folder(tmp, directory, key, layout, self.ctx.world_size), PREPARING)
+        except BaseException:
+            if self.ctx.is_main:  # nothing half-written stays behind (the ranks fail together)
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
         return layout
 
     def encode(self, images: Sequence[dict[str, torch.Tensor]]) -> list[np.ndarray]:
