@@ -185,10 +185,15 @@ def test_a_feature_cache_build_that_fails_leaves_no_folder_behind(tiny, tmp_path
     cfg, model = tiny
     val = builders.build_dataset(cfg, "val", CPU)
 
-    def disk_full(cache: FeatureCache, images: list) -> list:
-        raise OSError(28, "No space left on device")
+    real_encode, calls = FeatureCache.encode, []
 
-    monkeypatch.setattr(FeatureCache, "encode", disk_full)
+    def disk_full_on_the_second_batch(cache: FeatureCache, images: list) -> list:
+        calls.append(len(images))
+        if len(calls) == 2:  # the first sizes the arrays and fills one batch; the folder exists by now
+            raise OSError(28, "No space left on device")
+        return real_encode(cache, images)
+
+    monkeypatch.setattr(FeatureCache, "encode", disk_full_on_the_second_batch)
     with pytest.raises(OSError, match="No space left"):
         feature_cache(model, tmp_path / "features").eval_tiles(val, "val", 32, 16, builders.cache_key(cfg, "val"))
     assert (tmp_path / "features").is_dir() and not list((tmp_path / "features").iterdir())
