@@ -76,8 +76,14 @@ def build_dataset(cfg: DictConfig, split: str, ctx: DistContext) -> Preprocessed
     dataset = built["dataset"] if ctx.is_main else build()
     if chosen is not None:  # every rank trains on rank 0's reading of the subset file
         restrict(dataset, chosen)
-    steps = [instantiate_plain(step, _convert_="all") for step in cfg.preprocessing[split]]
+    steps = [instantiate_plain(step, _convert_="all") for step in preprocessing_steps(cfg, split)]
     return PreprocessedDataset(dataset, steps, seed=cfg.seed)
+
+
+def preprocessing_steps(cfg: DictConfig, split: str) -> Any:
+    """``cfg.preprocessing[split]``; a dataset's extra evaluation split (Sen1Floods11's ``bolivia``) is
+    preprocessed as ``test``."""
+    return cfg.preprocessing[split if split in cfg.preprocessing else "test"]
 
 
 def class_arguments(dataset: DictConfig) -> dict[str, Any]:
@@ -96,7 +102,7 @@ def cache_key(cfg: DictConfig, split: str) -> dict[str, Any]:
     dataset = class_arguments(cfg.dataset)
     for where in ("root_path", "download_url", "auto_download"):  # the data files are fingerprinted instead
         dataset.pop(where, None)
-    return {"dataset": dataset, "preprocessing": OmegaConf.to_container(cfg.preprocessing[split], resolve=True)}
+    return {"dataset": dataset, "preprocessing": OmegaConf.to_container(preprocessing_steps(cfg, split), resolve=True)}
 
 
 def build_feature_cache(cfg: DictConfig, mode: str, model: Segmentor, ctx: DistContext) -> FeatureCache | None:

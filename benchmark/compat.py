@@ -78,8 +78,7 @@ PANGAEA_KEYS: dict[str, PangaeaKey] = {
         "ignored", "the datasets here are single-date (T=1)", supported=(False, 1),
     ),
     "dataset.multi_modal": PangaeaKey(
-        "ignored", "the datasets here have one modality; a dataset's modalities are the keys of dataset.bands",
-        supported=(False,),
+        "ignored", "a dataset's modalities are the keys of dataset.bands", supported=(False, True),
     ),
     "dataset.distribution": PangaeaKey(
         "ignored", "class frequencies for PANGAEA's weighted_cross_entropy criterion, which this benchmark "

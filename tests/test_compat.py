@@ -75,7 +75,7 @@ def test_finetune_null_is_not_logged(caplog: pytest.LogCaptureFixture) -> None:
     [
         ("task.evaluator.inference_mode=whole", "task.evaluator.inference_mode=whole: must be sliding; full tiles"),
         ("dataset.multi_temporal=6", "dataset.multi_temporal=6: must be false or 1; the datasets here are single-date"),
-        ("dataset.multi_modal=true", "dataset.multi_modal=true: must be false;"),
+        ("dataset.multi_modal=2", "dataset.multi_modal=2: must be false or true;"),
         ("task.trainer.use_wandb=1", "task.trainer.use_wandb=1: must be true or false;"),
         ("finetune=yes", "finetune=yes: must be null or true or false;"),
         ("limited_label_val=0.1", "limited_label_val=0.1: must be null or 1 or 1.0; models are chosen on the whole validation split"),

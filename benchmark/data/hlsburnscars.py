@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 from benchmark.data.bands import canonical_band_dict
 from benchmark.data.raster_cache import RasterCache
 from benchmark.data.validation import (
-    IMAGE_NODATA, DatasetFilesError, SplitSpec, check_split, read_image_array, read_mask_array,
+    IMAGE_NODATA, DatasetFilesError, SplitSpec, check_label_config, check_split, read_image_array, read_mask_array,
 )
 from benchmark.download import DownloadError, download_file, file_lock
 
@@ -86,6 +86,16 @@ def read_mask(path: Path) -> np.ndarray:
     """Band 1 ``(H, W)``, int16 for HLS."""
     with rasterio.open(path) as src:
         return read_mask_array(src)
+
+
+def replace_nodata(image: np.ndarray, means: Sequence[float], target: np.ndarray, ignore_index: int) -> np.ndarray:
+    """``image`` (C, H, W) with nodata pixels (-9999, NaN, inf: never passed on to an encoder) set to the band
+    means; their ``target`` pixels are set to ``ignore_index`` in place."""
+    nodata = (image == IMAGE_NODATA) | ~np.isfinite(image)
+    if not nodata.any():
+        return image
+    target[nodata.any(axis=0)] = ignore_index
+    return np.where(nodata, np.asarray(means, dtype=np.float32)[:, None, None], image)
 
 
 def extract_archive(archive: Path, root: Path) -> None:
@@ -180,13 +190,7 @@ class HLSBurnScars(Dataset):
 
     def check_config(self) -> None:
         """Class names and per-band statistics agree with ``num_classes`` and ``bands``."""
-        if len(self.classes) != self.num_classes:
-            raise ValueError(f"{len(self.classes)} class names for num_classes={self.num_classes}")
-        n_bands = len(self.bands["optical"])
-        for name, stats in (("data_mean", self.data_mean), ("data_std", self.data_std)):
-            if len(stats.get("optical", [])) != n_bands:
-                raise ValueError(f"dataset.{name}.optical has {len(stats.get('optical', []))} values for the "
-                                 f"{n_bands} bands of dataset.bands.optical: give one per band, in the same order")
+        check_label_config(self.bands, self.data_mean, self.data_std, self.classes, self.num_classes)
 
     def empty_split_message(self, folder: Path, in_folder: int, val_fraction: float) -> str:
         """Why the split has no scene, and what to do."""
@@ -253,11 +257,7 @@ class HLSBurnScars(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         image, mask = self.read_scene(index)
         target = mask.astype(np.int64)
-        nodata = (image == IMAGE_NODATA) | ~np.isfinite(image)  # NaN/inf too: never passed on to the encoder
-        if nodata.any():
-            means = np.asarray(self.data_mean["optical"], dtype=np.float32)[:, None, None]
-            image = np.where(nodata, means, image)
-            target[nodata.any(axis=0)] = self.ignore_index
+        image = replace_nodata(image, self.data_mean["optical"], target, self.ignore_index)
         return {
             "image": {"optical": torch.from_numpy(np.ascontiguousarray(image)).unsqueeze(1)},
             "target": torch.from_numpy(target),

@@ -22,7 +22,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import rasterio
@@ -59,6 +59,21 @@ class SplitSpec:
     num_classes: int
     data_mean: Sequence[float]
     data_std: Sequence[float]
+    image_units: str = "float reflectance (about 0-1)"  # what the files store; "float" ones must be float
+
+
+def check_label_config(
+    bands: Mapping[str, Sequence[str]], data_mean: Mapping[str, Sequence[float]], data_std: Mapping[str, Sequence[float]],
+    classes: Sequence[str], num_classes: int,
+) -> None:
+    """The dataset config agrees with itself: a class name per class, one statistic per band of each modality."""
+    if len(classes) != num_classes:
+        raise ValueError(f"{len(classes)} class names for num_classes={num_classes}")
+    for modality, names in bands.items():
+        for key, stats in (("data_mean", data_mean), ("data_std", data_std)):
+            if len(stats.get(modality, [])) != len(names):
+                raise ValueError(f"dataset.{key}.{modality} has {len(stats.get(modality, []))} values for the "
+                                 f"{len(names)} bands of dataset.bands.{modality}: give one per band, in the same order")
 
 
 def header(src: Any) -> dict[str, Any]:
@@ -155,9 +170,10 @@ def scene_problems(facts: Facts, spec: SplitSpec, image_path: Path, mask_path: P
     if image["count"] != spec.bands:
         problems.append(f"{image_path} has {image['count']} bands; dataset.bands lists {spec.bands}: "
                         "list the file's bands in dataset.bands, in file order, or replace the file")
-    if not dtype_is(image["dtype"], np.floating):
-        problems.append(f"{image_path} is {image['dtype']}; images must be float reflectance (about 0-1): "
-                        "convert it (e.g. digital numbers / 10000 as float32)")
+    needs_float = spec.image_units.startswith("float")
+    if not dtype_is(image["dtype"], np.floating if needs_float else np.number):
+        problems.append(f"{image_path} is {image['dtype']}; images must be {spec.image_units}"
+                        + (": convert it (e.g. digital numbers / 10000 as float32)" if needs_float else ""))
     if mask["count"] != 1 or not dtype_is(mask["dtype"], np.integer):
         problems.append(f"{mask_path} is {mask['count']} band(s) of {mask['dtype']}; a mask is one band of integer "
                         "class ids (e.g. int16): convert it")
