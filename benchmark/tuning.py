@@ -54,7 +54,7 @@ def study_key(run: Run) -> tuple:
     return (*(getattr(config, g) for g in CHOICE_GROUPS), config.mode, config.train_crop_stride, run.train_fraction, config.subset_draw, keys)
 
 
-def validation_score(run: Run, metric: str) -> float:
+def trial_score(run: Run, metric: str) -> float:
     value = (run.result.val or {}).get(metric) if run.result is not None else None
     return float(value) if isinstance(value, (int, float)) and not math.isnan(value) else -math.inf
 
@@ -69,8 +69,8 @@ def best_trials(trials_dir: Path, metric: str = "mIoU") -> list[Best]:
         raise SystemExit(f"no completed trial under {trials_dir}: run the tuning sweep first (README 'Tune, then repeat')")
     found = []
     for runs in studies.values():
-        best = max(sorted(runs, key=lambda r: r.folder.name), key=lambda r: validation_score(r, metric))
-        found.append(Best(best, validation_score(best, metric), len(runs)))
+        best = max(sorted(runs, key=lambda r: r.folder.name), key=lambda r: trial_score(r, metric))
+        found.append(Best(best, trial_score(best, metric), len(runs)))
     return found
 
 
