@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from benchmark.compat import dataset_arguments
+from benchmark.compat import dataset_arguments, dataset_frames
 from benchmark.data.loaders import EpochShuffleSampler, ShardSampler, make_loader
 from benchmark.data.preprocessing import PreprocessedDataset
 from benchmark.data.subsets import SUBSET_KEYS, requested_subset, restrict, train_subset
@@ -30,6 +30,7 @@ from benchmark.models.encoders.weights import load_pretrained
 from benchmark.models.encoder_layers import ProgressiveSchedule, decayed_groups
 from benchmark.models.lora import LoraSettings, add_lora
 from benchmark.models.segmentor import Segmentor
+from benchmark.models.temporal import TemporalDecoder
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,9 @@ def build_feature_cache(cfg: DictConfig, mode: str, model: Segmentor, ctx: DistC
         return None
     if mode != "frozen":
         log.info("cache=true: decoded rasters are cached; encoder features are not (mode=%s trains the encoder)", mode)
+        return None
+    if model.per_frame:
+        log.info("cache=true: decoded rasters are cached; encoder features are not (multi-temporal input, run per frame)")
         return None
     root = Path(cfg.cache_dir)
     weights = Path(cfg.encoder.encoder_weights)
@@ -212,10 +216,19 @@ def build_segmentor(cfg: DictConfig, mode: str, ctx: DistContext) -> Segmentor:
         adapted = add_lora(encoder, encoder.lora_targets, settings)
         log.info("LoRA: rank %d, alpha %g on %d layers of %s; its other weights stay frozen", settings.rank, settings.alpha, adapted, type(encoder).__name__)
     decoder = instantiate_plain(cfg.decoder, in_dims=encoder.output_dims, _convert_="all")
+    frames = dataset_frames(cfg.dataset)
+    per_frame = frames > 1 and encoder.num_frames == 1
+    if frames > 1 and not per_frame and encoder.num_frames != frames:
+        raise ValueError(f"{type(encoder).__name__} reads {encoder.num_frames} frames, the dataset has {frames} per sample: "
+                         f"set encoder.num_frames={frames} (or 1: per frame, behind the temporal head)")
+    if per_frame:
+        decoder = TemporalDecoder(decoder, instantiate(cfg.temporal), encoder.output_dims, frames)
+        log.info("%s reads one date: it runs on each of the %d frames, merged by %s before the decoder",
+                 type(encoder).__name__, frames, cfg.temporal._target_.rpartition(".")[2])
     progressive = ProgressiveSchedule(**cfg.progressive) if mode == "progressive" else None
     model = Segmentor(
         encoder, decoder, mode, unfreeze_last=cfg.get("unfreeze_last"), progressive=progressive,
-        freeze_norm=bool(cfg.get("freeze_encoder_norm", False)),
+        freeze_norm=bool(cfg.get("freeze_encoder_norm", False)), per_frame=per_frame,
     )
     if ctx.distributed and ctx.device.type == "cuda":
         # BatchNorm statistics are shared across GPUs under DDP; on CPU (gloo) plain BatchNorm stays.

@@ -75,7 +75,8 @@ PANGAEA_KEYS: dict[str, PangaeaKey] = {
         "size of dataset=synthetic_burnscars",
     ),
     "dataset.multi_temporal": PangaeaKey(
-        "ignored", "the datasets here are single-date (T=1)", supported=(False, 1),
+        "read", "the frames per sample T (false or 1: single date); single-date encoders run per frame and a "
+        "temporal head (temporal=ltae|linear|mean) merges their features, Prithvi reads the T frames at once",
     ),
     "dataset.multi_modal": PangaeaKey(
         "ignored", "a dataset's modalities are the keys of dataset.bands", supported=(False, True),
@@ -155,6 +156,16 @@ def pangaea_problems(cfg: DictConfig) -> list[str]:
             except ValueError as error:
                 problems.append(str(error))
     return problems
+
+
+def dataset_frames(dataset: Any) -> int:
+    """The frames per sample of a dataset config: PANGAEA's ``multi_temporal`` (false or a count)."""
+    value = dataset.get("multi_temporal", False)
+    if value is False or value is None:
+        return 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"dataset.multi_temporal={value!r}: must be false or the number of frames per sample (>= 1)")
+    return value
 
 
 def apply_aliases(cfg: DictConfig) -> None:

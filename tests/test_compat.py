@@ -23,7 +23,7 @@ from benchmark.rundir import EXECUTION_KEYS
 from conftest import REPO, only_run_dir, run_benchmark, tiny_overrides
 
 ACCEPTED = [
-    "dataset.multi_temporal=false", "dataset.distribution=[0.9,0.1]", "task.evaluator.inference_mode=sliding",
+    "dataset.distribution=[0.9,0.1]", "task.evaluator.inference_mode=sliding",
     "task.trainer.use_wandb=false", "use_wandb=false",
 ]
 
@@ -50,7 +50,7 @@ def test_pangaea_keys_are_accepted_and_each_logged_as_ignored_or_mapped(caplog: 
     with caplog.at_level(logging.INFO, logger="benchmark.compat"):
         compat.log_pangaea_keys(cfg)
     lines = {record.getMessage().split("=", 1)[0].removeprefix("PANGAEA key "): record.getMessage() for record in caplog.records}
-    assert "dataset.multi_temporal=false is ignored" in lines["dataset.multi_temporal"]
+    assert "dataset.multi_temporal=false is used as the frames per sample T" in lines["dataset.multi_temporal"]
     assert "dataset.distribution=[0.9, 0.1] is ignored" in lines["dataset.distribution"]
     assert "task.evaluator.inference_mode=sliding is ignored" in lines["task.evaluator.inference_mode"]
     assert "dataset.dataset_name=HLSBurnScars is ignored" in lines["dataset.dataset_name"]
@@ -74,7 +74,7 @@ def test_finetune_null_is_not_logged(caplog: pytest.LogCaptureFixture) -> None:
     ("override", "expected"),
     [
         ("task.evaluator.inference_mode=whole", "task.evaluator.inference_mode=whole: must be sliding; full tiles"),
-        ("dataset.multi_temporal=6", "dataset.multi_temporal=6: must be false or 1; the datasets here are single-date"),
+        ("dataset.multi_temporal=0", "dataset.multi_temporal=0: must be false or the number of frames per sample"),
         ("dataset.multi_modal=2", "dataset.multi_modal=2: must be false or true;"),
         ("task.trainer.use_wandb=1", "task.trainer.use_wandb=1: must be true or false;"),
         ("finetune=yes", "finetune=yes: must be null or true or false;"),
@@ -121,7 +121,7 @@ def test_dataset_classes_take_no_key_that_does_nothing() -> None:
 
 
 def test_ignored_keys_change_neither_the_feature_cache_key_nor_the_job_identity() -> None:
-    ignored = ["dataset.distribution=[0.5,0.5]", "dataset.dataset_name=Other", "dataset.multi_temporal=1",
+    ignored = ["dataset.distribution=[0.5,0.5]", "dataset.dataset_name=Other",
                "task.evaluator.inference_mode=sliding", "dataset.multi_modal=false"]
     for split in ("train", "test"):
         assert cache_key(compose_train(*ignored), split) == cache_key(compose_train(), split)
@@ -141,7 +141,7 @@ def test_a_pangaea_command_runs_logs_its_keys_and_keeps_the_job_name(synthetic_r
     assert settings and not {s.split("=", 1)[0] for s in settings} & {a.split("=", 1)[0] for a in ACCEPTED}, settings
     assert run_dir.name.endswith(settings_hash(settings)), "the job identity leaves the ignored keys out"
     log = (run_dir / "train.log").read_text()
-    for line in ("dataset.multi_temporal=false is ignored", "dataset.distribution=[0.9, 0.1] is ignored",
+    for line in ("dataset.multi_temporal=false is used as the frames per sample", "dataset.distribution=[0.9, 0.1] is ignored",
                  "task.evaluator.inference_mode=sliding is ignored", "task.trainer.use_wandb=false sets use_wandb=false"):
         assert line in log, line
     assert not (run_dir / "wandb").exists()

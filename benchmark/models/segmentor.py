@@ -5,6 +5,7 @@ everything trains), ``partial`` (pretrained encoder, its last blocks and the dec
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -57,6 +58,7 @@ class Segmentor(nn.Module):
         unfreeze_last: int | None = None,
         progressive: ProgressiveSchedule | None = None,
         freeze_norm: bool = False,
+        per_frame: bool = False,
     ) -> None:
         super().__init__()
         if mode not in MODES:
@@ -70,6 +72,7 @@ class Segmentor(nn.Module):
         if mode == "partial":
             train_last_blocks(self.encoder, int(unfreeze_last or 0))
         self.freeze_norm = freeze_norm
+        self.per_frame = per_frame
         if freeze_norm:
             freeze_norm_layers(self.encoder)
         # Progressive: everything is trainable when the optimizer is built; set_epoch then freezes what waits.
@@ -106,11 +109,14 @@ class Segmentor(nn.Module):
         return self
 
     def encode(self, image: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-        """Encoder features; without autograd when the encoder is frozen."""
-        if self.encoder_trains:
-            return self.encoder(image)
-        with torch.no_grad():
-            return self.encoder(image)
+        """Encoder features; without autograd when the encoder is frozen. With ``per_frame``, a single-date
+        encoder sees each frame of (B, C, T, H, W) input as a sample and returns (B, T, C_i, h_i, w_i) maps."""
+        with contextlib.nullcontext() if self.encoder_trains else torch.no_grad():
+            if not self.per_frame:
+                return self.encoder(image)
+            b, t = next(iter(image.values())).shape[:3:2]
+            frames = {m: x.transpose(1, 2).reshape(b * t, x.shape[1], 1, *x.shape[3:]) for m, x in image.items()}
+            return [f.view(b, t, *f.shape[1:]) for f in self.encoder(frames)]
 
     def forward(self, image: dict[str, torch.Tensor], output_size: tuple[int, int]) -> torch.Tensor:
         return self.decoder(self.encode(image), output_size)
