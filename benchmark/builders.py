@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from benchmark.compat import dataset_arguments, dataset_frames
+from benchmark.compat import dataset_arguments, dataset_frames, runs_per_frame
 from benchmark.data.loaders import EpochShuffleSampler, ShardSampler, make_loader
 from benchmark.data.preprocessing import PreprocessedDataset
 from benchmark.data.subsets import SUBSET_KEYS, requested_subset, restrict, train_subset
@@ -113,8 +113,8 @@ def build_feature_cache(cfg: DictConfig, mode: str, model: Segmentor, ctx: DistC
     if mode != "frozen":
         log.info("cache=true: decoded rasters are cached; encoder features are not (mode=%s trains the encoder)", mode)
         return None
-    if model.per_frame:
-        log.info("cache=true: decoded rasters are cached; encoder features are not (multi-temporal input, run per frame)")
+    if dataset_frames(cfg.dataset) > 1:
+        log.info("cache=true: decoded rasters are cached; encoder features are not (multi-temporal input)")
         return None
     root = Path(cfg.cache_dir)
     weights = Path(cfg.encoder.encoder_weights)
@@ -216,19 +216,16 @@ def build_segmentor(cfg: DictConfig, mode: str, ctx: DistContext) -> Segmentor:
         adapted = add_lora(encoder, encoder.lora_targets, settings)
         log.info("LoRA: rank %d, alpha %g on %d layers of %s; its other weights stay frozen", settings.rank, settings.alpha, adapted, type(encoder).__name__)
     decoder = instantiate_plain(cfg.decoder, in_dims=encoder.output_dims, _convert_="all")
-    frames = dataset_frames(cfg.dataset)
-    per_frame = frames > 1 and encoder.num_frames == 1
-    if frames > 1 and not per_frame and encoder.num_frames != frames:
-        raise ValueError(f"{type(encoder).__name__} reads {encoder.num_frames} frames, the dataset has {frames} per sample: "
-                         f"set encoder.num_frames={frames} (or 1: per frame, behind the temporal head)")
-    if per_frame:
+    frames = dataset_frames(cfg.dataset)  # an encoder reading another number of frames stops at start-up (config_checks)
+    if frames > 1:
         decoder = TemporalDecoder(decoder, instantiate(cfg.temporal), encoder.output_dims, frames)
-        log.info("%s reads one date: it runs on each of the %d frames, merged by %s before the decoder",
-                 type(encoder).__name__, frames, cfg.temporal._target_.rpartition(".")[2])
+        how = "reads one date: it runs on each" if runs_per_frame(cfg) else "reads all"
+        log.info("%s %s of the %d frames, merged by %s before the decoder", type(encoder).__name__, how, frames,
+                 cfg.temporal._target_.rpartition(".")[2])
     progressive = ProgressiveSchedule(**cfg.progressive) if mode == "progressive" else None
     model = Segmentor(
         encoder, decoder, mode, unfreeze_last=cfg.get("unfreeze_last"), progressive=progressive,
-        freeze_norm=bool(cfg.get("freeze_encoder_norm", False)), per_frame=per_frame,
+        freeze_norm=bool(cfg.get("freeze_encoder_norm", False)), per_frame=runs_per_frame(cfg),
     )
     if ctx.distributed and ctx.device.type == "cuda":
         # BatchNorm statistics are shared across GPUs under DDP; on CPU (gloo) plain BatchNorm stays.

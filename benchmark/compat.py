@@ -168,6 +168,13 @@ def dataset_frames(dataset: Any) -> int:
     return value
 
 
+def runs_per_frame(cfg: Any) -> bool:
+    """A single-date encoder on multi-temporal data: it runs on each frame (the dataset has T > 1 frames,
+    the encoder reads ``encoder.num_frames``, 1 unless set). Either way the ``temporal`` head merges the
+    frames' features."""
+    return dataset_frames(cfg.dataset) > 1 and int(cfg.encoder.get("num_frames", 1)) == 1
+
+
 def apply_aliases(cfg: DictConfig) -> None:
     """Give our keys the values of their PANGAEA spellings (``finetune`` -> ``mode``, ``task.trainer.use_wandb``
     -> ``use_wandb``), so that the run reads one key each. Call after :func:`pangaea_problems` found none."""

@@ -11,7 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
-from benchmark.compat import pangaea_problems
+from benchmark.compat import dataset_frames, pangaea_problems
 from benchmark.data.subsets import requested_subset
 from benchmark.models.segmentor import MODES, resolve_mode
 
@@ -157,6 +157,24 @@ def _pairing_problems(cfg: DictConfig) -> list[str]:
     ]
 
 
+def _frames_problems(cfg: DictConfig) -> list[str]:
+    """``dataset.multi_temporal`` agrees with the frames per sample of the dataset class (its ``frames``), and
+    the encoder reads one frame at a time or all of them (``encoder.num_frames``)."""
+    try:
+        frames = getattr(get_class(str(OmegaConf.select(cfg, "dataset._target_"))), "frames", 1)
+        declared = dataset_frames(OmegaConf.select(cfg, "dataset"))
+    except (ImportError, ValueError, AttributeError):  # a bad value is reported by its own rule
+        return []
+    if declared != frames:
+        return [f"dataset.multi_temporal={OmegaConf.select(cfg, 'dataset.multi_temporal')!r}: {cfg.dataset._target_} "
+                f"samples have {frames} frame(s); set dataset.multi_temporal={frames if frames > 1 else 'false'}"]
+    read = OmegaConf.select(cfg, "encoder.num_frames", default=1)
+    if read not in (1, frames):
+        return [f"encoder.num_frames={read}: the dataset has {frames} frame(s) per sample; set encoder.num_frames="
+                f"{frames} (all at once) or 1 (each frame alone, merged by the temporal head)"]
+    return []
+
+
 def _subset_problems(cfg: DictConfig) -> list[str]:
     """``dataset.train_fraction`` in (0, 1] and ``dataset.subset_draw`` a whole number >= 0."""
     dataset = OmegaConf.select(cfg, "dataset")
@@ -192,6 +210,7 @@ def config_problems(cfg: DictConfig, check_work_dir: bool = True) -> list[str]:
     problems += _weights_problems(cfg)
     problems += _mode_setting_problems(cfg)
     problems += _pairing_problems(cfg)
+    problems += _frames_problems(cfg)
     problems += _subset_problems(cfg)
     problems += pangaea_problems(cfg)
     if check_work_dir and "work_dir" in cfg:

@@ -26,7 +26,7 @@ SCHEMA_VERSION = 2
 RESULTS_FILE = "results.json"
 STATUSES = ("completed", "failed")
 # The config groups a run is composed from.
-CHOICE_GROUPS = ("dataset", "encoder", "decoder", "preprocessing", "criterion", "task", "optimizer", "lr_scheduler")
+CHOICE_GROUPS = ("dataset", "encoder", "decoder", "preprocessing", "criterion", "task", "optimizer", "lr_scheduler", "temporal")
 # What makes two runs the same experiment (one group of the report); with the seed, the same job.
 EXPERIMENT_FIELDS = (*CHOICE_GROUPS, "mode", "settings_hash", "train_crop_stride", "train_fraction", "subset_draw", "subset_sha256")
 JOB_FIELDS = (*EXPERIMENT_FIELDS, "seed")
@@ -61,6 +61,7 @@ class RunConfig:
     task: str | None = None
     optimizer: str | None = None
     lr_scheduler: str | None = None
+    temporal: str | None = None  # the head merging the frames' features (config group); None: single-date data
     settings: tuple[str, ...] = ()  # command-line overrides that change what is computed, sorted
     settings_hash: str = ""  # settings_hash(settings)
     train_crop_stride: int | None = None  # 1: random crop anywhere (PANGAEA); >1: crops on this grid

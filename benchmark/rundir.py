@@ -13,7 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from benchmark.compat import IGNORED_KEYS
+from benchmark.compat import IGNORED_KEYS, dataset_frames
 from benchmark.data.subsets import recorded_sha256, requested_subset
 from benchmark.distributed import DistContext, broadcast_object
 from benchmark.results import CHOICE_GROUPS, RunConfig, settings_hash
@@ -145,7 +145,8 @@ def summary(cfg: DictConfig, choices: dict[str, str], mode: str, ctx: DistContex
     settings = tuple(setting_overrides())
     fraction, draw = requested_subset(cfg.dataset)
     return RunConfig(
-        **{group: choices.get(group) for group in CHOICE_GROUPS},
+        **{group: choices.get(group) for group in CHOICE_GROUPS if group != "temporal"},
+        temporal=choices.get("temporal") if dataset_frames(cfg.dataset) > 1 else None,
         mode=mode,
         seed=int(cfg.seed),
         settings=settings,

@@ -102,15 +102,17 @@ def test_header_problems_are_collected_into_one_error(tmp_path: Path) -> None:
     write_scene(root, "validation", 0, image=reflectance[:4])             # 4 bands for 6 configured
     write_scene(root, "validation", 1, mask=labels[:16, :16])             # mask of another size
     write_scene(root, "validation", 2, image=(reflectance * 10000).astype(np.int16))  # integer DN image
-    write_scene(root, "validation", 3, mask=labels.astype(np.float32))    # float mask
-    write_scene(root, "validation", 4)                                    # a good one
+    write_scene(root, "validation", 3, mask=labels.astype(np.float32) + 0.5)  # float mask, not class ids
+    write_scene(root, "validation", 4, mask=np.where(np.arange(32)[:, None] < 16, np.nan, labels + 1).astype(np.float32))  # ids, NaN
+    write_scene(root, "validation", 5)                                    # a good one
     message = errors_of(root)
     assert message.startswith("4 problem(s) in the test split")
     paths = [scene_paths(root, "validation", i) for i in range(4)]
     assert f"{paths[0][0]} has 4 bands; dataset.bands lists 6" in message
     assert f"{paths[1][0]} is 32x32 px but its mask {paths[1][1].name} is 16x16" in message
     assert f"{paths[2][0]} is int16; images must be float reflectance" in message and "/ 10000" in message
-    assert f"{paths[3][1]} is 1 band(s) of float32; a mask is one band of integer class ids" in message
+    assert f"{paths[3][1]} has 1024 px that are not whole numbers; class ids are integers (NaN marks no label)" in message
+    assert str(scene_paths(root, "validation", 4)[1]) not in message, "a float mask of class ids and NaN is accepted"
     with pytest.raises(ValueError, match="data_std.optical has 5 values for the 6 bands"):
         HLSBurnScars(str(root), "test", HLS["bands"], HLS["data_mean"], {"optical": [0.1] * 5})
 

@@ -98,8 +98,8 @@ def test_prithvi_multi_temporal_input(tmp_path: Path) -> None:
     inputs = sample(loaded, batch=2)
     with torch.no_grad():
         outputs = loaded(inputs)
-    assert [tuple(o.shape) for o in outputs] == [(2, 3 * 64, 14, 14)] * 2
-    assert loaded.output_dims == [3 * 64] * 2
+    assert [tuple(o.shape) for o in outputs] == [(2, 3, 64, 14, 14)] * 2  # one map per frame
+    assert loaded.output_dims == [64] * 2
     assert_same(reference, loaded, inputs)
     with pytest.raises(ValueError, match="num_frames"):
         loaded({"optical": torch.randn(1, 6, 1, 224, 224)})
@@ -124,13 +124,14 @@ def test_prithvi_layer_norm_eps_follows_the_release_code(name: str, eps: float) 
     assert {m.eps for m in norms} == {eps}
 
 
-def test_frames_fold_into_channels_frame_by_frame() -> None:
+def test_frame_major_tokens_become_one_map_per_frame() -> None:
     batch, frames, (h, w), dim = 2, 3, (2, 4), 5
     tokens = torch.randn(batch, frames * h * w, dim)
     maps = tokens_to_map(tokens, (h, w), num_frames=frames)
-    assert maps.shape == (batch, frames * dim, h, w)
+    assert maps.shape == (batch, frames, dim, h, w)
     for f, i, j, c in [(0, 0, 0, 0), (1, 1, 2, 3), (2, 1, 3, 4)]:
-        assert maps[1, f * dim + c, i, j] == tokens[1, f * h * w + i * w + j, c]
+        assert maps[1, f, c, i, j] == tokens[1, f * h * w + i * w + j, c]
+    assert tokens_to_map(tokens[:, : h * w], (h, w)).shape == (batch, dim, h, w)
 
 
 def test_sincos_pos_embed_3d_matches_the_formula() -> None:

@@ -170,9 +170,18 @@ def test_summary_carries_the_full_job_identity(monkeypatch: pytest.MonkeyPatch) 
     choices = {group: f"{group}_choice" for group in CHOICE_GROUPS}
     monkeypatch.setattr(rundir, "setting_overrides", lambda: ["optimizer.lr=1e-3", "train_crop_stride=16"])
     summary = rundir.summary(cfg, choices, "frozen", DistContext(0, 2, 0, torch.device("cpu")))
-    assert {group: getattr(summary, group) for group in CHOICE_GROUPS} == choices
+    assert {group: getattr(summary, group) for group in CHOICE_GROUPS} == {**choices, "temporal": None}  # one frame
     assert (summary.mode, summary.seed, summary.train_crop_stride, summary.world_size) == ("frozen", 3, 16, 2)
     assert (summary.train_fraction, summary.subset_draw, summary.subset_sha256) == (1.0, 0, None)  # the whole split
     assert summary.settings == ("optimizer.lr=1e-3", "train_crop_stride=16")
     assert summary.settings_hash == settings_hash(summary.settings)
     assert summary.identity(seed=False) + (3,) == summary.identity()
+
+
+@pytest.mark.parametrize("encoder", ["dofa", "prithvi"])  # per frame, and all frames at once
+def test_the_temporal_head_is_recorded_on_multi_temporal_data(encoder: str) -> None:
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=["dataset=synthetic_burnintensity", f"encoder={encoder}"])
+    choices = {group: f"{group}_choice" for group in CHOICE_GROUPS}
+    summary = rundir.summary(cfg, choices, "frozen", DistContext(0, 1, 0, torch.device("cpu")))
+    assert summary.temporal == "temporal_choice"

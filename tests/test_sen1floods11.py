@@ -4,11 +4,8 @@ missing, and the multi-modal CROMA joint encoder learning on it end to end."""
 
 from __future__ import annotations
 
-import functools
 import json
-import http.server
 import shutil
-import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -24,7 +21,7 @@ from benchmark.data.sen1floods11 import SPLIT_FOLDER, Sen1Floods11, chip_file, r
 from benchmark.data.synthetic_sen1floods11 import SyntheticSen1Floods11, generate_sen1floods11
 from benchmark.data.validation import DatasetFilesError
 from benchmark.distributed import DistContext
-from conftest import REPO, TINY_VIT, run_benchmark
+from conftest import REPO, TINY_VIT, run_benchmark, serve_folder
 from test_model_runs import LEARN, finished
 
 CPU = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
@@ -120,13 +117,8 @@ def test_wrong_band_count_and_malformed_split_lists_are_refused(generated: Path,
 @pytest.fixture
 def bucket(generated: Path) -> Iterator[str]:
     """The generated layout served over HTTP, as the bucket serves the real one."""
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(generated))
-    handler.log_message = lambda *args: None  # type: ignore[method-assign]
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    with serve_folder(generated) as url:
+        yield url
 
 
 def test_missing_files_are_downloaded_and_a_failed_download_says_what_to_do(generated: Path, bucket: str, tmp_path: Path) -> None:

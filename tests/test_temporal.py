@@ -11,6 +11,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from benchmark import builders
+from benchmark.config_checks import config_problems
 from benchmark.distributed import DistContext
 from benchmark.models.temporal import LTAE, TemporalDecoder, TemporalLinear, TemporalMean
 from conftest import REPO, TINY_VIT
@@ -21,7 +22,7 @@ CPU = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu")
 def tiny(tmp_path: Path, *overrides: str):
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
         return compose("train", overrides=[
-            "dataset=synthetic_burnscars", f"dataset.root_path={tmp_path / 'data'}", "dataset.multi_temporal=3",
+            "dataset=synthetic_burnintensity", f"dataset.root_path={tmp_path / 'data'}",
             *TINY_VIT, "decoder.channels=16", "mode=random", f"work_dir={tmp_path / 'wd'}", *overrides,
         ])
 
@@ -36,12 +37,14 @@ def test_frame_order_changes_what_ltae_and_a_trained_linear_head_see_but_not_the
     torch.manual_seed(0)
     x = torch.randn(2, 3, 32, 4, 4)
     swapped = x[:, [2, 1, 0]]
-    ltae, linear, mean = LTAE(32, 3), TemporalLinear(32, 3), TemporalMean(32, 3)
+    ltae, linear, mean = LTAE(32, 3, heads=4).eval(), TemporalLinear(32, 3), TemporalMean(32, 3)
     with torch.no_grad():
         linear.weight.copy_(torch.rand(3, 32))  # as after training: frames weigh differently
         assert not torch.allclose(ltae(x), ltae(swapped), atol=1e-4)
         assert not torch.allclose(linear(x), linear(swapped), atol=1e-4)
         assert torch.allclose(mean(x), mean(swapped), atol=1e-6)
+        ltae.frame_code.zero_()  # without the frame code (PANGAEA's L-TAE) attention pooling is order-blind
+        assert torch.allclose(ltae(x), ltae(swapped), atol=1e-5)
 
 
 def test_a_single_date_encoder_runs_per_frame_behind_the_temporal_head(tmp_path: Path) -> None:
@@ -56,19 +59,28 @@ def test_a_single_date_encoder_runs_per_frame_behind_the_temporal_head(tmp_path:
             alone = model.encoder({"optical": x[:, :, t : t + 1]})
             for level, features in enumerate(per_frame):
                 assert torch.allclose(features[:, t], alone[level], atol=1e-5)
-        assert model({"optical": x}, (32, 32)).shape == (2, 2, 32, 32)
+        assert model({"optical": x}, (32, 32)).shape == (2, 5, 32, 32)
     assert "heads.0.weight" in model.trainable_state_dict()["decoder"], "the head is saved with the decoder"
 
 
 def test_prithvi_reads_the_dataset_s_frames_at_once(tmp_path: Path) -> None:
     cfg = tiny(tmp_path, "encoder=prithvi")
     assert cfg.encoder.num_frames == 3
-    model = builders.build_segmentor(cfg, "random", CPU)
-    assert not model.per_frame and not isinstance(model.decoder, TemporalDecoder)
+    torch.manual_seed(0)
+    model = builders.build_segmentor(cfg, "random", CPU).eval()
+    assert not model.per_frame and isinstance(model.decoder, TemporalDecoder)
+    x = torch.randn(1, 6, 3, 32, 32)
+    with torch.no_grad():  # one map per frame; the frame index is in the position embedding, so order matters
+        features = model.encoder({"optical": x})[-1]
+        assert features.shape == (1, 3, 32, 2, 2)
+        swapped = model.encoder({"optical": x[:, :, [2, 1, 0]]})[-1]
+        assert not torch.allclose(swapped, features[:, [2, 1, 0]], atol=1e-4)
+        assert model({"optical": x}, (32, 32)).shape == (1, 5, 32, 32)
     per_frame = builders.build_segmentor(tiny(tmp_path, "encoder=prithvi", "encoder.num_frames=1"), "random", CPU)
     assert per_frame.per_frame, "num_frames=1: Prithvi per frame, behind the temporal head"
-    with pytest.raises(ValueError, match="reads 2 frames, the dataset has 3 per sample: set encoder.num_frames=3"):
-        builders.build_segmentor(tiny(tmp_path, "encoder=prithvi", "encoder.num_frames=2"), "random", CPU)
+    assert config_problems(tiny(tmp_path, "encoder=prithvi", "encoder.num_frames=2"), check_work_dir=False) == [
+        "encoder.num_frames=2: the dataset has 3 frame(s) per sample; set encoder.num_frames=3 (all at once) or 1 "
+        "(each frame alone, merged by the temporal head)"]
 
 
 def test_a_frozen_encoder_leaves_the_temporal_head_training(tmp_path: Path) -> None:
@@ -78,3 +90,15 @@ def test_a_frozen_encoder_leaves_the_temporal_head_training(tmp_path: Path) -> N
     optimizer = builders.build_optimizer(cfg, model)
     trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
     assert all(id(p) in trained for p in model.decoder.heads.parameters())
+
+
+def test_multi_temporal_must_match_the_dataset_s_frames(tmp_path: Path) -> None:
+    assert config_problems(tiny(tmp_path), check_work_dir=False) == []
+    problems = config_problems(tiny(tmp_path, "dataset.multi_temporal=false"), check_work_dir=False)
+    assert problems == ["dataset.multi_temporal=False: benchmark.data.synthetic_burnintensity.SyntheticHLSBurnIntensity "
+                        "samples have 3 frame(s); set dataset.multi_temporal=3"]
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        single = compose("train", overrides=["dataset=synthetic_burnscars", "dataset.multi_temporal=3"])
+    assert config_problems(single, check_work_dir=False) == [
+        "dataset.multi_temporal=3: benchmark.data.synthetic.SyntheticBurnScars samples have 1 frame(s); set "
+        "dataset.multi_temporal=false"]

@@ -23,12 +23,11 @@ import numpy as np
 import rasterio
 import torch
 from rasterio.errors import RasterioError
-from torch.utils.data import Dataset
 
-from benchmark.data.bands import canonical_band_dict
-from benchmark.data.raster_cache import RasterCache
+from benchmark.data.masks import read_mask_array, target_from_mask
+from benchmark.data.scenes import SceneDataset
 from benchmark.data.validation import (
-    IMAGE_NODATA, DatasetFilesError, SplitSpec, check_label_config, check_split, read_image_array, read_mask_array,
+    IMAGE_NODATA, DatasetFilesError, SplitSpec, check_split, read_image_array,
 )
 from benchmark.download import DownloadError, download_file, file_lock
 
@@ -116,7 +115,7 @@ def extract_archive(archive: Path, root: Path) -> None:
             (found / name).rename(root / name)
 
 
-class HLSBurnScars(Dataset):
+class HLSBurnScars(SceneDataset):
     """HLS Burn Scars segmentation dataset.
 
     Each sample is ``{"image": {"optical": float32 (6, 1, H, W)}, "target": int64 (H, W),
@@ -160,19 +159,9 @@ class HLSBurnScars(Dataset):
         split_seed: int = 23,
         cache_dir: str | None = None,
     ) -> None:
-        if split not in SPLIT_FOLDERS:
-            raise ValueError(f"split must be train, val or test, got {split!r}")
-        self.root_path = Path(root_path)
-        self.split = split
-        self.bands = canonical_band_dict(bands)
-        self.data_mean = {k: [float(v) for v in vs] for k, vs in data_mean.items()}
-        self.data_std = {k: [float(v) for v in vs] for k, vs in data_std.items()}
-        self.ignore_index = int(ignore_index)
-        self.num_classes = int(num_classes)
-        self.classes = list(classes)
+        self.describe(root_path, split, list(SPLIT_FOLDERS), bands, data_mean, data_std, ignore_index, num_classes,
+                      classes, cache_dir)
         self.download_url = download_url
-        self.raster_cache = RasterCache(cache_dir) if cache_dir else None
-        self.check_config()
         self.ensure_files(auto_download)
         folder = self.root_path / SPLIT_FOLDERS[split]
         scenes = pair_scenes(folder)
@@ -187,10 +176,6 @@ class HLSBurnScars(Dataset):
         spec = SplitSpec(split, folder, len(self.bands["optical"]), self.ignore_index, self.num_classes,
                          self.data_mean["optical"], self.data_std["optical"])
         check_split(scenes, spec, cache_dir, self.raster_cache)
-
-    def check_config(self) -> None:
-        """Class names and per-band statistics agree with ``num_classes`` and ``bands``."""
-        check_label_config(self.bands, self.data_mean, self.data_std, self.classes, self.num_classes)
 
     def empty_split_message(self, folder: Path, in_folder: int, val_fraction: float) -> str:
         """Why the split has no scene, and what to do."""
@@ -231,9 +216,6 @@ class HLSBurnScars(Dataset):
             extract_archive(archive, self.root_path)
             archive.unlink()
 
-    def __len__(self) -> int:
-        return len(self.scenes)
-
     def source_files(self) -> list[Path]:
         """The files this split reads (images and masks)."""
         return [path for _, image_path, mask_path in self.scenes for path in (image_path, mask_path)]
@@ -241,9 +223,8 @@ class HLSBurnScars(Dataset):
     def read_scene(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Raw ``(image float32 (C, H, W), mask int16 (H, W))`` of one scene from its GeoTIFFs."""
         stem, image_path, mask_path = self.scenes[index]
-        load = (lambda path, read: read(path)) if self.raster_cache is None else self.raster_cache.load
         try:
-            image, mask = load(image_path, read_image), load(mask_path, read_mask)
+            image, mask = self.load(image_path, read_image), self.load(mask_path, read_mask)
         except RasterioError as error:  # the file changed after the start-up check
             raise DatasetFilesError(f"scene {stem} of {self.root_path} cannot be read ({error}): re-download it "
                                     "or remove both of its files") from error
@@ -256,7 +237,7 @@ class HLSBurnScars(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         image, mask = self.read_scene(index)
-        target = mask.astype(np.int64)
+        target = target_from_mask(mask, self.ignore_index)
         image = replace_nodata(image, self.data_mean["optical"], target, self.ignore_index)
         return {
             "image": {"optical": torch.from_numpy(np.ascontiguousarray(image)).unsqueeze(1)},

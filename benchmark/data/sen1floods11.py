@@ -24,13 +24,12 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 from rasterio.errors import RasterioError
-from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from benchmark.data.bands import canonical_band_dict
 from benchmark.data.hlsburnscars import read_image, read_mask, replace_nodata
-from benchmark.data.raster_cache import RasterCache
-from benchmark.data.validation import DatasetFilesError, SplitSpec, check_label_config, check_split
+from benchmark.data.masks import target_from_mask
+from benchmark.data.scenes import SceneDataset
+from benchmark.data.validation import DatasetFilesError, SplitSpec, check_split
 from benchmark.download import DownloadError, download_file, file_lock
 
 log = logging.getLogger(__name__)
@@ -88,7 +87,7 @@ def download(url: str, root: Path, layers: Sequence[str]) -> None:
         download_file(f"{url}/{relative}", root / relative)
 
 
-class Sen1Floods11(Dataset):
+class Sen1Floods11(SceneDataset):
     """Sen1Floods11 hand-labelled flood segmentation (water / not water).
 
     Each sample is ``{"image": {modality: float32 (C, 1, H, W)}, "target": int64 (H, W), "meta": {"stem",
@@ -120,17 +119,9 @@ class Sen1Floods11(Dataset):
         auto_download: bool = True,
         cache_dir: str | None = None,
     ) -> None:
-        if split not in SPLIT_LISTS:
-            raise ValueError(f"split must be one of {', '.join(SPLIT_LISTS)}, got {split!r}")
-        self.root_path = Path(root_path)
-        self.split = split
-        self.bands = canonical_band_dict(bands)
-        self.data_mean = {k: [float(v) for v in vs] for k, vs in data_mean.items()}
-        self.data_std = {k: [float(v) for v in vs] for k, vs in data_std.items()}
-        self.ignore_index, self.num_classes, self.classes = int(ignore_index), int(num_classes), list(classes)
+        self.describe(root_path, split, list(SPLIT_LISTS), bands, data_mean, data_std, ignore_index, num_classes,
+                      classes, cache_dir, modalities=list(UNITS))
         self.download_url = download_url
-        self.raster_cache = RasterCache(cache_dir) if cache_dir else None
-        self.check_config()
         self.ensure_files(auto_download)
         chips = read_split_list(self.root_path / SPLIT_FOLDER / SPLIT_LISTS[split])
         if not chips:
@@ -142,13 +133,6 @@ class Sen1Floods11(Dataset):
                              image_units=UNITS[modality])
             scenes = [(chip, chip_file(self.root_path, modality, chip), label) for chip, _, label in self.scenes]
             check_split(scenes, spec, cache_dir, self.raster_cache)
-
-    def check_config(self) -> None:
-        """Known modalities, class names for ``num_classes``, one statistic per band."""
-        unknown = sorted(set(self.bands) - set(UNITS))
-        if unknown or not self.bands:
-            raise ValueError(f"dataset.bands has modalities {sorted(self.bands)}; Sen1Floods11 has optical (S2) and sar (S1)")
-        check_label_config(self.bands, self.data_mean, self.data_std, self.classes, self.num_classes)
 
     @property
     def layers(self) -> list[str]:
@@ -173,9 +157,6 @@ class Sen1Floods11(Dataset):
                 raise DatasetFilesError(f"Sen1Floods11 under {self.root_path} lacks {len(missing)} file(s) ({listed}) "
                                         f"and the download from {self.download_url} failed ({error}). {where}") from error
 
-    def __len__(self) -> int:
-        return len(self.scenes)
-
     def source_files(self) -> list[Path]:
         """The files this split reads (every modality's and the labels)."""
         return [chip_file(self.root_path, layer, chip) for chip, _, _ in self.scenes for layer in self.layers]
@@ -183,10 +164,9 @@ class Sen1Floods11(Dataset):
     def read_scene(self, index: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Raw ``({modality: float32 (C, H, W)}, label int16 (H, W))`` of one chip."""
         chip = self.scenes[index][0]
-        load = (lambda path, read: read(path)) if self.raster_cache is None else self.raster_cache.load
         try:
-            images = {m: load(chip_file(self.root_path, m, chip), read_image) for m in self.bands}
-            mask = load(chip_file(self.root_path, "label", chip), read_mask)
+            images = {m: self.load(chip_file(self.root_path, m, chip), read_image) for m in self.bands}
+            mask = self.load(chip_file(self.root_path, "label", chip), read_mask)
         except RasterioError as error:  # the file changed after the start-up check
             raise DatasetFilesError(f"chip {chip} of {self.root_path} cannot be read ({error}): download it again") from error
         for modality, image in images.items():
@@ -197,7 +177,7 @@ class Sen1Floods11(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         images, mask = self.read_scene(index)
-        target = mask.astype(np.int64)
+        target = target_from_mask(mask, self.ignore_index)
         image = {m: torch.from_numpy(np.ascontiguousarray(replace_nodata(x, self.data_mean[m], target, self.ignore_index))).unsqueeze(1)
                  for m, x in images.items()}
         return {"image": image, "target": torch.from_numpy(target), "meta": {"stem": self.scenes[index][0], "index": index}}

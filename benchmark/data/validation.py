@@ -2,7 +2,8 @@
 
 Per scene (image ``<stem>_merged.tif`` + mask ``<stem>.mask.tif``) :func:`check_split` checks that both
 files open with rasterio, that the image has the configured number of bands and a float dtype, that
-the mask is a one-band integer raster of the image's size, and that mask values lie in
+the mask is a one-band raster of whole-number class ids (integers, or floats with NaN for no label;
+:mod:`benchmark.data.masks`) of the image's size, and that mask values lie in
 ``{ignore_index} ∪ [0, num_classes)``. Per split it refuses a split without a labelled pixel, warns
 about NaN/inf image pixels (the dataset treats them as nodata, like -9999) and about image values far
 from ``data_mean``/``data_std`` (e.g. digital numbers where reflectance is expected). All problems of a
@@ -29,11 +30,12 @@ import rasterio
 from rasterio.errors import RasterioError
 from tqdm import tqdm
 
+from benchmark.data.masks import class_ids, mask_facts, read_mask_array, value_counts
 from benchmark.data.raster_cache import FactsMemo, RasterCache, file_identity
 
 log = logging.getLogger(__name__)
 
-CHECK_VERSION = 1     # bump when the facts below change meaning: older memos are then ignored
+CHECK_VERSION = 2     # bump when the facts below change meaning: older memos are then ignored
 IMAGE_NODATA = -9999.0
 LISTED = 10           # problems spelled out in the error; the others are counted
 SAMPLE_SIDE = 64      # band medians from a strided subsample of about SAMPLE_SIDE x SAMPLE_SIDE pixels per image
@@ -103,16 +105,6 @@ def read_image_array(src: Any) -> np.ndarray:
     return src.read().astype(np.float32, copy=False)
 
 
-def read_mask_array(src: Any) -> np.ndarray:
-    """Band 1 in its own dtype ``(H, W)``."""
-    return src.read(1)
-
-
-def value_counts(values: np.ndarray) -> dict[str, int]:
-    unique, counts = np.unique(values, return_counts=True)
-    return {str(int(v)): int(c) for v, c in zip(unique, counts)}
-
-
 def band_medians(image: np.ndarray, missing: np.ndarray) -> list[float] | None:
     """Per-band median of a strided subsample of the valid pixels (None when none is valid)."""
     step = max(1, max(image.shape[1:]) // SAMPLE_SIDE)
@@ -128,13 +120,14 @@ def scene_facts(image: np.ndarray, mask: np.ndarray) -> Facts:
     nodata = (image == IMAGE_NODATA).any(axis=0)
     nonfinite = (~np.isfinite(image)).any(axis=0)
     missing = nodata | nonfinite
-    mask_values = value_counts(mask) if np.issubdtype(mask.dtype, np.integer) else None
-    same_grid = mask_values is not None and mask.shape == missing.shape
+    labels = mask_facts(mask)
+    same_grid = labels["mask_values"] is not None and mask.shape == missing.shape
+    ids, has_id = class_ids(mask) if same_grid else (None, None)
     return {
         "nodata": int(nodata.sum()),
         "nonfinite": int(nonfinite.sum()),
-        "mask_values": mask_values,
-        "labelled_values": value_counts(mask[~missing]) if same_grid else None,  # mask values under valid image pixels
+        **labels,
+        "labelled_values": value_counts(ids[has_id & ~missing]) if same_grid else None,  # under valid image pixels
         "band_medians": band_medians(image, missing),
     }
 
@@ -174,9 +167,12 @@ def scene_problems(facts: Facts, spec: SplitSpec, image_path: Path, mask_path: P
     if not dtype_is(image["dtype"], np.floating if needs_float else np.number):
         problems.append(f"{image_path} is {image['dtype']}; images must be {spec.image_units}"
                         + (": convert it (e.g. digital numbers / 10000 as float32)" if needs_float else ""))
-    if mask["count"] != 1 or not dtype_is(mask["dtype"], np.integer):
+    if mask["count"] != 1 or not dtype_is(mask["dtype"], np.number):
         problems.append(f"{mask_path} is {mask['count']} band(s) of {mask['dtype']}; a mask is one band of integer "
                         "class ids (e.g. int16): convert it")
+    if facts["mask_fractional"]:
+        problems.append(f"{mask_path} has {facts['mask_fractional']} px that are not whole numbers; class ids are "
+                        "integers (NaN marks no label): fix the mask")
     if (image["height"], image["width"]) != (mask["height"], mask["width"]):
         problems.append(f"{image_path} is {image['height']}x{image['width']} px but its mask {mask_path.name} is "
                         f"{mask['height']}x{mask['width']}: the two files of a scene must share one grid")

@@ -242,7 +242,8 @@ def group_runs(runs: Iterable[Run]) -> list[Group]:
 def described(config: RunConfig, fraction: float = 1.0) -> dict[str, str]:
     """An experiment's settings beyond dataset, encoder, decoder and mode: display name -> value (the
     label fraction as read from config.yaml)."""
-    settings = {name: UNKNOWN if getattr(config, name) is None else str(getattr(config, name)) for name in OTHER_CHOICES}
+    settings = {name: str(getattr(config, name)) if getattr(config, name) is not None else NOT_USED if name == "temporal"
+                else UNKNOWN for name in OTHER_CHOICES}
     for override in config.settings:
         key, _, value = override.partition("=")
         # choices and crops have columns of their own; the fraction is shown as used (below)

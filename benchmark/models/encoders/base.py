@@ -52,7 +52,7 @@ class Encoder(nn.Module):
     """
 
     release_layouts: tuple[ReleaseLayout, ...] = ()
-    num_frames: int = 1  # frames read at once; single-date encoders run per frame (Segmentor.encode)
+    num_frames: int = 1  # frames read at once (then features are (B, T, C, h, w)); single-date encoders run per frame
     lora_targets: dict[str, str] = {"attention": r".*\.attn\.(qkv|proj)", "mlp": r".*\.mlp\.(fc1|fc2)"}
 
     def __init__(

@@ -58,11 +58,10 @@ class TubeletEmbed(nn.Module):
 class Prithvi(Encoder):
     """Prithvi MAE encoder: tubelet embedding, cls token, fixed 3-D sin-cos ``pos_embed``, timm blocks.
 
-    Features are the raw block outputs (no final norm). For ``num_frames`` T > 1 the tokens of all
-    frames go through the transformer together and each output map folds the frames into channels,
-    frame by frame: (B, T*embed_dim, h, w), as TerraTorch does. (PANGAEA returns (B, C, T, h, w) and
-    lets its decoder reduce T; folding keeps the (B, C, h, w) encoder contract and lets the decoder's
-    first layer learn the same per-frame weighting.) For T=1 a map is (B, embed_dim, h, w).
+    Features are the raw block outputs (no final norm): (B, embed_dim, h, w) maps for one frame. For
+    ``num_frames`` T > 1 the tokens of all frames go through the transformer together and each output
+    is one map per frame, (B, T, embed_dim, h, w), which the temporal head (``temporal=``) merges before
+    the decoder, as PANGAEA's multi-temporal decoders do.
 
     Release layouts: :data:`FLAT_LAYOUT` (the original MAE file) and :data:`PREFIXED_LAYOUT`. The
     release ``pos_embed`` is a fixed (not learned) table for 3 (v1) or 4 (v2) frames at 224 px; for
@@ -96,7 +95,7 @@ class Prithvi(Encoder):
         output_layers: Sequence[int] = (3, 5, 7, 11),
     ) -> None:
         super().__init__(
-            input_bands, input_size, patch_size, output_layers, [embed_dim * num_frames] * len(output_layers)
+            input_bands, input_size, patch_size, output_layers, [embed_dim] * len(output_layers)
         )
         if list(self.input_bands) != ["optical"]:
             raise ValueError(f"Prithvi takes optical bands only, got modalities {list(self.input_bands)}")

@@ -112,11 +112,12 @@ def adapt_pos_embed(
 
 
 def tokens_to_map(tokens: torch.Tensor, grid_hw: tuple[int, int], num_frames: int = 1) -> torch.Tensor:
-    """(B, t*h*w, C) patch tokens -> (B, t*C, h, w): frames are folded into channels frame by frame
-    (channel ``f*C + c`` is channel ``c`` of frame ``f``), so one frame gives (B, C, h, w)."""
+    """(B, T*h*w, C) patch tokens, frame-major -> (B, C, h, w) maps for one frame, (B, T, C, h, w) for more
+    (one map per frame, oldest first, for the temporal head)."""
     b, n, c = tokens.shape
     h, w = grid_hw
-    return tokens.reshape(b, num_frames, h * w, c).transpose(2, 3).reshape(b, num_frames * c, h, w)
+    maps = tokens.reshape(b, num_frames, h * w, c).transpose(2, 3).reshape(b, num_frames, c, h, w)
+    return maps[:, 0] if num_frames == 1 else maps
 
 
 def blocks_to_build(output_layers: Sequence[int], depth: int, owner: str) -> int:
@@ -155,8 +156,8 @@ def collect_block_outputs(
 
     ``final_norm`` (if given) is applied to the output of the last block only, for the families whose
     published features carry it. ``block_kwargs`` are passed to every block (an attention bias shared
-    by all blocks, a cross-attention context). Tokens of ``num_frames`` frames are folded into
-    channels (see :func:`tokens_to_map`).
+    by all blocks, a cross-attention context). Tokens of ``num_frames`` > 1 frames give one map per
+    frame (see :func:`tokens_to_map`).
     """
     outputs = []
     last = len(blocks) - 1
