@@ -75,8 +75,9 @@ PANGAEA_KEYS: dict[str, PangaeaKey] = {
         "size of dataset=synthetic_burnscars",
     ),
     "dataset.multi_temporal": PangaeaKey(
-        "read", "the frames per sample T (false or 1: single date); single-date encoders run per frame and a "
-        "temporal head (temporal=ltae|linear|mean) merges their features, Prithvi reads the T frames at once",
+        "read", "the frames per sample T (false or 1: single date), checked against the dataset; Prithvi reads the "
+        "T frames at once, single-date encoders run per frame, and a temporal head (temporal=ltae|linear|mean) "
+        "merges the frames' features before the decoder",
     ),
     "dataset.multi_modal": PangaeaKey(
         "ignored", "a dataset's modalities are the keys of dataset.bands", supported=(False, True),

@@ -14,7 +14,9 @@ from benchmark import builders
 from benchmark.config_checks import config_problems
 from benchmark.distributed import DistContext
 from benchmark.models.temporal import LTAE, TemporalDecoder, TemporalLinear, TemporalMean
-from conftest import REPO, TINY_VIT
+from benchmark.predict.model_inputs import ModelInputs
+from benchmark.predict.scenes import SceneError
+from conftest import REPO, TINY_ENCODERS, TINY_VIT
 
 CPU = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 
@@ -102,3 +104,28 @@ def test_multi_temporal_must_match_the_dataset_s_frames(tmp_path: Path) -> None:
     assert config_problems(single, check_work_dir=False) == [
         "dataset.multi_temporal=3: benchmark.data.synthetic.SyntheticBurnScars samples have 1 frame(s); set "
         "dataset.multi_temporal=false"]
+
+
+def test_mapping_a_scene_refuses_a_run_trained_on_several_dates(tmp_path: Path) -> None:
+    with pytest.raises(SceneError, match="trained on 3 dates per sample .*mapping takes single-date scenes"):
+        ModelInputs(tiny(tmp_path), window=32)
+
+
+@pytest.mark.parametrize("encoder,decoder", [
+    *[(name, "seg_upernet") for name in TINY_ENCODERS], ("unet", "seg_unet"), ("dofa", "seg_segformer"),
+])
+def test_every_encoder_family_reads_three_frames_through_the_head(encoder: str, decoder: str, tmp_path: Path) -> None:
+    tiny = {**TINY_ENCODERS, "unet": ["encoder.topology=[8,16,32,32]"]}[encoder]
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=[
+            "dataset=synthetic_burnintensity", f"dataset.root_path={tmp_path / 'data'}", "dataset.img_size=32",
+            "dataset.num_train=2", "dataset.num_test=1", f"encoder={encoder}", *tiny, f"decoder={decoder}",
+            *([] if decoder == "seg_unet" else ["decoder.channels=16"]), "temporal.heads=4", "mode=random",
+            f"work_dir={tmp_path / 'wd'}", "cache=false",
+        ])
+    assert config_problems(cfg, check_work_dir=False) == []
+    sample = builders.build_dataset(cfg, "val", CPU)[0]
+    model = builders.build_segmentor(cfg, "random", CPU).eval()
+    with torch.no_grad():
+        logits = model({m: x[None] for m, x in sample["image"].items()}, (32, 32))
+    assert logits.shape == (1, 5, 32, 32) and torch.isfinite(logits).all()

@@ -5,9 +5,8 @@ of the final burn), after it (the final burn: low NIR, high SWIR2, stronger with
 (partial regrowth: the newest date, which the loader leaves out). The label is the MTBS class: 0 outside the
 burn, 1-4 by severity, 5 (increased greenness) where an older scar grows back over the three kept frames, and
 6 (non-mapping area, ignored) on a border strip under cloud in the third frame. A scar growing back takes a
-burn's path through the frames backwards, so only their order tells class 5 from a burn: with 64 px scenes
-and 24 training fires, a tiny ViT behind ``temporal=ltae`` learns it (IoU about 0.6 after 150 epochs), the
-order-blind ``temporal=mean`` does not (about 0.1).
+burn's path through the frames backwards, so only their order tells class 5 from a burn (the order-blind
+``temporal=mean`` cannot).
 
 Images are float32 reflectance, labels uint8, in CONUS Albers (EPSG:5070, MTBS's projection) at 30 m, placed
 in the 4 regions; each region's geojson is a FeatureCollection of one WGS84 polygon around its fires.

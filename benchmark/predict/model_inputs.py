@@ -11,6 +11,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from benchmark.builders import instantiate_plain
+from benchmark.compat import dataset_frames
 from benchmark.data.bands import canonical_band_dict
 from benchmark.data.preprocessing import BandAdapter, NormalizeMeanStd
 from benchmark.data.validation import FAR_RATIO
@@ -47,9 +48,10 @@ class ModelInputs:
         self.optional = {
             band for modality, bands in dataset_bands.items() for band in bands if band not in encoder_bands.get(modality, [])
         }
-        self.num_frames = int(run_cfg.encoder.get("num_frames", 1))
-        if self.num_frames != 1:
-            raise SceneError(f"this run's encoder takes {self.num_frames} dates per sample; mapping takes single-date scenes")
+        frames = dataset_frames(run_cfg.dataset)
+        if frames != 1:
+            raise SceneError(f"this run was trained on {frames} dates per sample ({run_cfg.dataset._target_}); mapping "
+                             "takes single-date scenes")
 
     def reader(self, scene: Scene, scale: float) -> SceneReader:
         """A reader of ``scene``'s bands in the run's dataset band order (missing ones are an error here)."""
