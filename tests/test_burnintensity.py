@@ -1,6 +1,6 @@
 """HLS Burn Intensity: the hub's layout read from generated files (frames oldest first, NaN severity ignored),
 the split derived from the case list when no split lists exist, the start-up checks, and the download of
-the hub's zips."""
+the hub's zips. Also: both multi-temporal synthetic twins are deterministic."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 
 from benchmark.data.burnintensity import CASE_LIST, FRAMES, SPLITS, HLSBurnIntensity, case_files, read_split
 from benchmark.data.synthetic_burnintensity import generate_burnintensity
+from benchmark.data.synthetic_mtbs import generate_mtbs
 from benchmark.data.validation import DatasetFilesError
 from conftest import REPO, serve_folder
 
@@ -147,3 +148,20 @@ def test_the_hub_files_are_downloaded_extracted_and_split(generated: Path, tmp_p
         assert ours.read_bytes() == theirs.read_bytes()
     with pytest.raises(DatasetFilesError, match=r"download failed .*Download BS_files_raw.csv, pre.zip"):
         HLSBurnIntensity(str(tmp_path / "offline"), "test", **STATS, download_url="http://127.0.0.1:9")
+
+
+@pytest.mark.parametrize("generate", [generate_burnintensity, generate_mtbs])
+def test_the_synthetic_twins_are_the_same_for_the_same_seed(generate: Any, tmp_path: Path) -> None:
+    first, again, other = (generate(tmp_path / name, **{**SIZES, "seed": seed}) for name, seed in (("a", 0), ("b", 0), ("c", 1)))
+    files = sorted(p.relative_to(first) for p in first.rglob("*.tif"))
+    assert files and files == sorted(p.relative_to(again) for p in again.rglob("*.tif"))
+
+    def pixels(root: Path) -> list[np.ndarray]:
+        arrays = []
+        for name in files:
+            with rasterio.open(root / name) as src:
+                arrays.append(src.read())
+        return arrays
+
+    assert all(np.array_equal(a, b, equal_nan=True) for a, b in zip(pixels(first), pixels(again)))
+    assert not all(np.array_equal(a, b, equal_nan=True) for a, b in zip(pixels(first), pixels(other)))
