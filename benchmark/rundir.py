@@ -32,7 +32,7 @@ class RunDirError(RuntimeError):
 EXECUTION_KEYS = frozenset({
     "work_dir", "run_dir", "resume", "device", "num_workers", "test_num_workers", "use_wandb",
     "wandb_project", "task.trainer.use_wandb", "task.trainer.log_interval", "task.trainer.ckpt_interval",
-    "dataset.root_path", "cache", "cache_dir", "nproc_per_node", "trusted_pickle_files",
+    "dataset.root_path", "cache", "cache_dir", "nproc_per_node", "isolate", "trusted_pickle_files",
 }) | IGNORED_KEYS
 # Overrides already spelled out in the run name.
 NAMED_KEYS = frozenset({"dataset", "encoder", "decoder", "mode", "finetune", "seed"})
@@ -106,8 +106,9 @@ def _decide(cfg: DictConfig, choices: dict[str, str], mode: str) -> tuple[str, b
 def setup_logging(ctx: DistContext, log_file: Path | None) -> None:
     """Rank 0 logs INFO to the console and ``log_file``; other ranks only errors."""
     root = logging.getLogger()
-    for handler in list(root.handlers):
+    for handler in list(root.handlers):  # closed too: a sweep's process runs job after job
         root.removeHandler(handler)
+        handler.close()
     formatter = logging.Formatter("[%(asctime)s][%(levelname)s][%(name)s] %(message)s", "%Y-%m-%d %H:%M:%S")
     console = logging.StreamHandler(sys.stdout)
     console.setFormatter(formatter)

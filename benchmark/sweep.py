@@ -1,40 +1,49 @@
-"""Sweeps with one ``torchrun`` per job: ``python -m benchmark.sweep [nproc_per_node=N] key=a,b ...``.
+"""Sweeps: ``python -m benchmark.sweep [nproc_per_node=N] [isolate=true] key=a,b ...``.
 
 Hydra expands the sweep exactly as ``benchmark/run.py -m`` does (comma lists on the command line and
-an experiment's ``hydra.sweeper.params``); each job then runs in its own processes as
+an experiment's ``hydra.sweeper.params``). Jobs of one process (``nproc_per_node=1``) run in the
+sweep's own process, one after another: imports and start-up are paid once, and every job still gets
+its own run folder, seeds, logs, checkpoints and ``results.json`` (:func:`run_in_process`). With
+``isolate=true``, or several processes per job, each job runs in fresh processes as
 ``torchrun --standalone --nproc_per_node=N benchmark/run.py <job overrides> resume=true`` (plain
 ``python`` when N=1). Jobs run one after another with Hydra's basic launcher, side by side with
 ``hydra/launcher=local_parallel`` and as Slurm jobs with ``hydra/launcher=slurm``. A job whose run
 already completed is skipped without starting anything, so running the same sweep again finishes
-what is missing (interrupted runs continue from their last checkpoint).
+what is missing (interrupted runs continue from their last checkpoint). A job that fails is recorded
+as failed in its run folder and the sweep goes on; the sweep exits non-zero at the end.
 """
 
 from __future__ import annotations
 
+import copy
+import gc
 import logging
+import math
 import subprocess
 import sys
 from pathlib import Path
 
 import hydra
+import torch
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from benchmark import CONFIG_DIR
 from benchmark.models.segmentor import resolve_mode
-from benchmark.pipeline import hydra_choices
+from benchmark.pipeline import hydra_choices, train
 from benchmark.results import completed_results
 from benchmark.rundir import find_resumable, run_stem, setting_overrides
 
 log = logging.getLogger("benchmark.sweep")  # also when run as __main__
 
 RUN_PY = Path(__file__).resolve().with_name("run.py")
-DRIVER_KEYS = ("nproc_per_node",)  # keys of configs/sweep.yaml that run.py does not know
+DRIVER_KEYS = ("nproc_per_node", "isolate")  # keys of configs/sweep.yaml that run.py does not know
+FAILED: list[str] = []  # the overrides of the jobs of this sweep that failed, in order
 MODE_FLAGS = ("-m", "--multirun", "-r", "--run", "-c", "--cfg", "-i", "--info", "-h", "--help", "--hydra-help")
 
 
 class JobFailedError(RuntimeError):
-    """A job of the sweep exited with an error (its run folder holds the failed results.json)."""
+    """A job of the sweep has no completed run to score."""
 
 
 def override_key(override: str) -> str:
@@ -81,20 +90,55 @@ def validation_score(cfg: DictConfig, run_dir: Path | None) -> float:
 
 @hydra.main(config_path=CONFIG_DIR, config_name="sweep", version_base="1.3")
 def run_job(cfg: DictConfig) -> float:
-    """One job of the sweep: skip it if it completed, else run it in fresh processes. Returns its
-    :func:`validation_score` (the objective of ``hydra/sweeper=tune``; the basic sweeper ignores it)."""
+    """One job of the sweep: skip it if it completed, else run it (in this process or in fresh ones).
+    Returns its :func:`validation_score` (the objective of ``hydra/sweeper=tune``; the basic sweeper
+    ignores it), NaN for a job that failed."""
     log_to_console()  # again here: parallel and Slurm launchers run jobs in other processes
     overrides = run_overrides(list(HydraConfig.get().overrides.task))
     done = completed_run(cfg) if "resume=true" in overrides or cfg.resume else None
     if done is not None:
         log.info("skip %s: completed in %s", " ".join(overrides), done)
         return validation_score(cfg, done)
-    command = job_command(overrides, int(cfg.nproc_per_node))
-    log.info("run %s", " ".join(command))
-    returncode = subprocess.run(command).returncode
-    if returncode != 0:
-        raise JobFailedError(f"job {' '.join(overrides)} exited with code {returncode}")
+    if cfg.isolate or int(cfg.nproc_per_node) > 1:
+        command = job_command(overrides, int(cfg.nproc_per_node))
+        log.info("run %s", " ".join(command))
+        failed = subprocess.run(command).returncode != 0
+    else:
+        log.info("run %s (in this process)", " ".join(overrides))
+        failed = not run_in_process(cfg)
+    if failed:
+        FAILED.append(" ".join(overrides))
+        log.error("job %s failed: its run folder holds the error; the sweep goes on", " ".join(overrides))
+        return math.nan
     return validation_score(cfg, completed_run(cfg))
+
+
+def run_in_process(cfg: DictConfig) -> bool:
+    """Run one job as ``benchmark/run.py`` would, in this process; False when it failed.
+
+    The job starts from the same state as in a fresh process: :func:`benchmark.pipeline.train` seeds
+    every generator from the job's seed, and what the previous job built is released first.
+    """
+    job = copy.deepcopy(cfg)
+    with open_dict(job):
+        for key in DRIVER_KEYS:
+            del job[key]
+        if not any(override_key(o) == "resume" for o in HydraConfig.get().overrides.task):
+            job.resume = True
+    try:
+        train(job)
+        return True
+    except Exception:  # recorded in the run folder by train(); the traceback goes to the sweep's log
+        log.exception("job failed")
+        return False
+    finally:
+        root = logging.getLogger()  # the job's train.log ends with the job
+        for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
+            root.removeHandler(handler)
+            handler.close()
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 def log_to_console() -> None:
@@ -107,6 +151,9 @@ def main() -> None:
     if not any(arg in MODE_FLAGS for arg in sys.argv[1:]):
         sys.argv.insert(1, "--multirun")
     run_job()
+    if FAILED:
+        log.error("%d job(s) failed: %s", len(FAILED), "; ".join(FAILED))
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,71 @@
+"""``python -m benchmark.sweep`` running the jobs of one process in its own process: the same results as
+jobs in fresh processes (``isolate=true``), a failing job recorded as failed while the others complete,
+and a second run of the sweep skipping what completed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import REPO, tiny_overrides
+
+pytestmark = pytest.mark.slow
+
+
+def sweep(args: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1", "WANDB_MODE": "offline"}
+    return subprocess.run([sys.executable, "-m", "benchmark.sweep", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def results(work_dir: Path) -> dict[tuple, dict]:
+    """``{(decoder, seed, batch size): results.json}`` of the run folders in ``work_dir`` (the job read from
+    config.yaml, which failed runs have too)."""
+    found = {}
+    for path in work_dir.glob("*/results.json"):
+        config = OmegaConf.load(path.with_name("config.yaml"))
+        found[(config.choices.decoder, config.seed, config.batch_size)] = json.loads(path.read_text())
+    return found
+
+
+def test_jobs_in_the_sweep_s_process_give_the_results_of_jobs_in_fresh_processes(synthetic_root: Path, tmp_path: Path) -> None:
+    jobs = ["decoder=seg_fcn,seg_upernet", "seed=0,1", "task.trainer.n_epochs=2"]
+    isolated = sweep([*tiny_overrides(synthetic_root, tmp_path / "isolated"), *jobs, "isolate=true"])
+    shared = sweep([*tiny_overrides(synthetic_root, tmp_path / "shared"), *jobs])
+    assert isolated.returncode == 0 and shared.returncode == 0, shared.stdout[-3000:] + shared.stderr[-3000:]
+    assert shared.stdout.count("(in this process)") == 4 and "(in this process)" not in isolated.stdout
+    apart, together = results(tmp_path / "isolated"), results(tmp_path / "shared")
+    assert len(apart) == 4 and apart.keys() == together.keys()
+    for job, result in apart.items():
+        other = together[job]
+        assert other["status"] == result["status"] == "completed"
+        # the same computation from the same seeds, in the same kind of process: the same numbers
+        assert other["test"] == result["test"] and other["val"] == result["val"], job
+        assert other["config"]["settings_hash"] == result["config"]["settings_hash"], "isolate is not a setting"
+    folders = {p.name for p in (tmp_path / "shared").iterdir() if (p / "train.log").is_file()}
+    for name in folders:  # each job logs to its own folder, and only its own
+        log = (tmp_path / "shared" / name / "train.log").read_text()
+        assert log.count("Run folder ") == 1 and name in log
+
+
+def test_a_failing_job_is_recorded_and_the_others_complete_and_a_rerun_skips_them(synthetic_root: Path, tmp_path: Path) -> None:
+    args = [*tiny_overrides(synthetic_root, tmp_path / "wd"), "decoder=seg_fcn", "batch_size=64,4", "seed=0,1",
+            "task.trainer.n_epochs=1"]
+    first = sweep(args)
+    assert first.returncode == 1
+    assert "2 job(s) failed" in first.stdout and "batch_size=64" in first.stdout.split("2 job(s) failed")[1]
+    runs = results(tmp_path / "wd")
+    assert {job: r["status"] for job, r in runs.items()} == {
+        ("seg_fcn", 0, 64): "failed", ("seg_fcn", 1, 64): "failed",
+        ("seg_fcn", 0, 4): "completed", ("seg_fcn", 1, 4): "completed",
+    }
+    assert "fewer than one batch" in runs[("seg_fcn", 0, 64)]["error"]
+    again = sweep(args)
+    assert again.returncode == 1 and again.stdout.count("skip ") == 2 and again.stdout.count("(in this process)") == 2
+    assert len(list((tmp_path / "wd").glob("*/results.json"))) == 4, "the failed jobs ran again in their folders"
