@@ -21,7 +21,7 @@ from benchmark.distributed import DistContext
 from benchmark.engine.metrics import segmentation_metrics
 from benchmark.models.decoders.fcn import FCN
 from benchmark.models.decoders.muster import MUSTER
-from benchmark.models.decoders.skip_attention import SkipAttentionBlock
+from benchmark.models.decoders.skip_attention import SkipAttentionBlock, window_mask
 from benchmark.models.decoders.upernet import UPerNet
 from benchmark.models.encoders.ssl4eo import SSL4EOMAE
 from benchmark.models.segmentor import Segmentor
@@ -249,3 +249,25 @@ def test_upernet_with_batch_norm_refuses_one_sample_per_process_before_training(
     group_norm = UPerNet([32] * 4, num_classes=2, channels=16, norm="group")
     check_train_batch(OmegaConf.create({"batch_size": 1}), SimpleNamespace(decoder=group_norm), one)
     assert group_norm.train()(features, (64, 64)).shape == (1, 2, 64, 64)
+
+
+def test_muster_masked_attention_weights_are_zero_not_subnormal() -> None:
+    """Masked logits must give exact zeros: subnormal weights (Swin's -100 gives exp(-100) = 4e-44) make every
+    product with them take the CPU's slow path (scripts/denormal_check.py measures it)."""
+    grid, window, shifts = (14, 14), (12, 12), (6, 6)  # a ViT-B/16 at 224 px: padded, shifted, masked windows
+    mask = window_mask(grid, (24, 24), window, shifts, torch.device("cpu"))
+    weights = torch.softmax(torch.randn(mask.shape) + mask, dim=-1)
+    assert (weights == 0).any(), "the windows are masked"
+    subnormal = (weights != 0) & (weights.abs() < torch.finfo(torch.float32).tiny)
+    assert not subnormal.any()
+    assert torch.allclose(weights.sum(-1), torch.ones(weights.shape[:-1]))  # no row is all masked
+
+
+def test_muster_attention_broadcasts_the_window_mask_over_the_batch() -> None:
+    torch.manual_seed(0)
+    block = SkipAttentionBlock(dim=16, num_heads=2, window_size=4, shift=True, mlp_ratio=2.0, drop_path=0.0).eval()
+    x, skip = torch.randn(3, 6, 6, 16), torch.randn(3, 6, 6, 16)
+    with torch.no_grad():
+        together = block(x, skip)
+        alone = torch.cat([block(x[i:i + 1], skip[i:i + 1]) for i in range(3)])
+    assert torch.allclose(together, alone, atol=1e-5)  # each image's windows see their own mask

@@ -11,8 +11,11 @@ from timm.layers import DropPath, Mlp, trunc_normal_
 from timm.models.swin_transformer import window_partition, window_reverse
 from torch import nn
 
-# Swin's value for masked attention logits: finite, so a window made only of padding keeps a defined softmax.
-MASKED = -100.0
+# Masked attention logits. Swin uses -100, whose softmax weights (about exp(-100) = 4e-44) are subnormal
+# floats: every product with them then takes the CPU's slow path (MUSTER training ran 10x slower on some
+# feature grids). -inf gives exact zeros; no row is all masked, since a query (padding included) always
+# shares its own label.
+MASKED = float("-inf")
 
 
 def window_layout(grid: tuple[int, int], window_size: int, shift: bool) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -95,12 +98,15 @@ class WindowSkipAttention(nn.Module):
         b, n, c = x.shape
         q = self.q(skip).reshape(b, n, self.num_heads, -1).transpose(1, 2)
         k, v = self.kv(x).reshape(b, n, 2, self.num_heads, -1).permute(2, 0, 3, 1, 4)
-        bias = self.position_bias(window).unsqueeze(0)
+        bias = self.position_bias(window)  # (heads, N, N)
         if mask is not None:
-            # windows are ordered (batch, window): tile the per-window mask over the batch
-            bias = (bias + mask.unsqueeze(1)).repeat(b // mask.shape[0], 1, 1, 1)
+            # windows are ordered (batch, window): a (window, ...) view broadcasts the per-window mask over
+            # the batch instead of copying it for every image
+            windows = mask.shape[0]
+            q, k, v = (t.reshape(b // windows, windows, *t.shape[1:]) for t in (q, k, v))
+            bias = bias + mask.unsqueeze(1)  # (windows, heads, N, N)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
-        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+        return self.proj(out.reshape(b, self.num_heads, n, -1).transpose(1, 2).reshape(b, n, c))
 
 
 class SkipAttentionBlock(nn.Module):
