@@ -9,7 +9,7 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -20,7 +20,7 @@ from benchmark.results import CHOICE_GROUPS, RunConfig, settings_hash
 
 log = logging.getLogger(__name__)
 
-PACKAGES = ("geofm-bench", "torch", "torchvision", "timm", "torchmetrics", "hydra-core", "numpy", "rasterio")
+PACKAGES = ("geofm-bench", "torch", "torchvision", "timm", "hydra-core", "numpy", "rasterio")
 
 
 class RunDirError(RuntimeError):
@@ -39,12 +39,26 @@ NAMED_KEYS = frozenset({"dataset", "encoder", "decoder", "mode", "finetune", "se
 
 
 def setting_overrides() -> list[str]:
-    """The command-line overrides of this Hydra job that change what the run computes, sorted."""
+    """The command-line overrides of this Hydra job that change what the run computes, sorted, in
+    :func:`canonical_overrides` spelling."""
     from hydra.core.hydra_config import HydraConfig
 
-    overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
+    overrides = canonical_overrides(HydraConfig.get().overrides.task if HydraConfig.initialized() else [])
     keys = EXECUTION_KEYS | NAMED_KEYS
     return sorted(o for o in overrides if o.lstrip("+~").split("=", 1)[0] not in keys)
+
+
+def canonical_overrides(overrides: Sequence[str]) -> list[str]:
+    """Overrides spelled as Hydra's sweeper passes them to a job: one per key (the last), the value
+    re-serialised (``optimizer.lr=1e-3`` -> ``optimizer.lr=0.001``). A job then has one identity whether
+    it ran alone or as part of a sweep."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    final: dict[str, str] = {}
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
+        key = override.get_key_element()
+        final[key] = key if override.is_delete() and override.value() is None else f"{key}={override.get_value_element_as_str()}"
+    return list(final.values())
 
 
 def run_stem(choices: dict[str, str], mode: str, seed: int, settings: list[str]) -> str:

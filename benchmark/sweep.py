@@ -1,4 +1,5 @@
-"""Sweeps: ``python -m benchmark.sweep [nproc_per_node=N] [isolate=true] key=a,b ...``.
+"""Sweeps: ``python -m benchmark.sweep [nproc_per_node=N] [isolate=true] key=a,b ...``, or several sweeps
+one after another with ``--jobs FILE`` (one line of overrides per sweep).
 
 Hydra expands the sweep exactly as ``benchmark/run.py -m`` does (comma lists on the command line and
 an experiment's ``hydra.sweeper.params``). Jobs of one process (``nproc_per_node=1``) run in the
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import hydra
 import torch
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
@@ -145,12 +147,32 @@ def log_to_console() -> None:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s", stream=sys.stdout)
 
 
-def main() -> None:
-    """Console entry point: always a multirun (``-m`` is implied)."""
-    log_to_console()
-    if not any(arg in MODE_FLAGS for arg in sys.argv[1:]):
-        sys.argv.insert(1, "--multirun")
+def read_job_file(path: Path) -> list[list[str]]:
+    """The sweeps of a job file: one line of overrides each (comma lists allowed); ``#`` starts a comment."""
+    if not path.is_file():
+        raise SystemExit(f"--jobs {path}: no such file (one line of overrides per sweep)")
+    lines = [line.split("#", 1)[0].split() for line in path.read_text().splitlines()]
+    return [line for line in lines if line]
+
+
+def sweep(args: list[str]) -> None:
+    """Run one Hydra multirun over ``args`` in this process (``-m`` implied)."""
+    sys.argv = [sys.argv[0], *(args if any(arg in MODE_FLAGS for arg in args) else ["--multirun", *args])]
+    GlobalHydra.instance().clear()  # a process may run several sweeps one after another
     run_job()
+
+
+def main() -> None:
+    """Console entry point: ``python -m benchmark.sweep [overrides]`` (always a multirun), or ``python -m
+    benchmark.sweep --jobs FILE [overrides]``: each line of FILE a sweep of its own (its overrides after the
+    shared ones), all in this process, e.g. decoders that each need their own settings."""
+    log_to_console()
+    args = sys.argv[1:]
+    if args[:1] == ["--jobs"] and len(args) > 1:
+        for line in read_job_file(Path(args[1])):
+            sweep([*args[2:], *line])
+    else:
+        sweep(args)
     if FAILED:
         log.error("%d job(s) failed: %s", len(FAILED), "; ".join(FAILED))
         sys.exit(1)

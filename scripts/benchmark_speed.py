@@ -1,4 +1,5 @@
-"""Speed of benchmark runs under several variants (cache off/on, fp32/bf16, compile off/on), compared in one invocation.
+"""Speed of benchmark runs under several variants (cache off/on, fp32/bf16, compile off/on), compared in one invocation;
+with ``--sweep``, the wall time of the whole sweep as separate processes vs one shared process (sweep_speed.py).
 
     python scripts/benchmark_speed.py --variants "cache=false" "cache=true" \\
         --decoders seg_linear "seg_fcn decoder.channels=64" seg_upernet --seeds 0 1 \\
@@ -198,9 +199,11 @@ def per_decoder(jobs: Sequence[dict[str, Any]], variants: Sequence[str]) -> str:
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "--variants", nargs="+", required=True,
+        "--variants", nargs="+", default=[],
         help='one string of space-separated overrides per variant, e.g. "cache=false" "cache=true"',
     )
+    parser.add_argument("--sweep", action="store_true",
+                        help="instead of variants: the jobs as separate processes vs one shared process (sweep_speed.py)")
     parser.add_argument(
         "--decoders", nargs="*", default=[],
         help='decoder configs, each with optional overrides ("seg_fcn decoder.channels=64"); default: the config\'s',
@@ -212,12 +215,21 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--output", type=Path, help="keep the work_dirs and benchmark_speed.json here")
     parser.add_argument("overrides", nargs="*", help="run.py overrides shared by all variants (after --)")
     args = parser.parse_args(argv)
+    if not args.variants and not args.sweep:
+        parser.error("give --variants, or --sweep")
 
     decoders = [f"decoder={d}".split() for d in args.decoders] or [[]]
     jobs = [[*decoder, *([f"seed={s}"] if s else [])] for decoder in decoders for s in args.seeds or [None]]
     prepare(args.overrides, args.random_weights)
     root = args.output or Path(tempfile.mkdtemp(prefix="benchmark_speed-"))
     print(f"{machine()}; load average {os.getloadavg()[0]:.1f} at the start")
+    if args.sweep:
+        from sweep_speed import compare  # beside this script
+
+        print(f"{len(jobs)} job(s), {args.repeat} repeat(s)\n")
+        print(compare(args.overrides, decoders, args.seeds, root, args.repeat, lambda job, wd: run_job(job, wd, 1)[0]))
+        print(f"load average {os.getloadavg()[0]:.1f} at the end")
+        return []
     print(f"{len(jobs)} job(s) per variant, {args.nproc} process(es) per job, {args.repeat} repeat(s)\n")
     repeats, job_records = [], []
     for repeat in range(args.repeat):

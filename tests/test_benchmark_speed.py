@@ -1,14 +1,20 @@
-"""scripts/benchmark_speed.py: its table and speed-ups (tests/test_caches.py runs it end to end)."""
+"""scripts/benchmark_speed.py: its table and speed-ups (tests/test_caches.py runs it end to end), and its sweep
+comparison (separate processes vs one shared process) end to end."""
 
 from __future__ import annotations
 
 import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
 
 from benchmark.results import Cost, RunConfig, RunResult, completed_result
-from conftest import REPO
+from conftest import REPO, tiny_overrides
 
 spec = importlib.util.spec_from_file_location("benchmark_speed", REPO / "scripts" / "benchmark_speed.py")
 benchmark_speed = importlib.util.module_from_spec(spec)
+sys.path.insert(0, str(REPO / "scripts"))  # as when run as a script: sweep_speed.py beside it
 spec.loader.exec_module(benchmark_speed)
 
 
@@ -51,3 +57,14 @@ def test_per_decoder_table_averages_seeds_and_takes_the_median_over_repeats() ->
     )
     assert table[2] == "| seg_linear | 30 | 5 | 6.00x | 2 | 0.1 | 20.00x |"
     assert table[3] == "| seg_upernet | 60 | 30 | 2.00x | 3 | 2 | 1.50x |"
+
+
+@pytest.mark.slow
+def test_the_sweep_comparison_runs_both_variants_and_finds_the_same_metrics(synthetic_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    overrides = [o for o in tiny_overrides(synthetic_root, tmp_path / "unused") if not o.startswith(("work_dir=", "decoder"))]
+    benchmark_speed.main(["--sweep", "--decoders", "seg_linear", "seg_fcn decoder.channels=16", "--seeds", "0",
+                          "--output", str(tmp_path / "out"), "--", *overrides])
+    table = capsys.readouterr().out.split("| variant |", 1)[1].splitlines()
+    assert table[2].startswith("| separate processes | 2 |") and table[3].startswith("| one shared process | 2 |")
+    assert "same test metrics in every job of both variants: yes" in table
+    assert len(list((tmp_path / "out").glob("repeat0_shared/*/results.json"))) == 2

@@ -7,14 +7,14 @@ import math
 import pytest
 import torch
 
-from benchmark.engine.metrics import confusion_matrix_metric, segmentation_metrics
+from benchmark.engine.metrics import ConfusionMatrix, segmentation_metrics
 
 
 def test_metrics_from_hand_counted_pixels_with_ignored_pixels() -> None:
     # 3 classes, 12 pixels of which 2 are ignored (-1): counted by hand below.
     target = torch.tensor([0, 0, 0, 0, 1, 1, 1, 2, 2, 2, -1, -1])
     pred = torch.tensor([0, 0, 1, 2, 1, 1, 0, 2, 2, 1, 0, 2])
-    metric = confusion_matrix_metric(num_classes=3, ignore_index=-1, device=torch.device("cpu"))
+    metric = ConfusionMatrix(num_classes=3, ignore_index=-1, device=torch.device("cpu"))
     metric.update(pred, target)
     matrix = metric.compute()
     # rows = target, cols = prediction
@@ -47,7 +47,7 @@ def test_class_absent_everywhere_is_left_out_of_the_means() -> None:
 
 
 def test_updates_accumulate_over_batches() -> None:
-    metric = confusion_matrix_metric(2, -1, torch.device("cpu"))
+    metric = ConfusionMatrix(2, -1, torch.device("cpu"))
     metric.update(torch.tensor([[0, 1]]), torch.tensor([[0, 0]]))
     metric.update(torch.tensor([[1, 1]]), torch.tensor([[1, -1]]))
     assert metric.compute().tolist() == [[1, 1], [0, 1]]

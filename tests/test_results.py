@@ -14,6 +14,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from benchmark import pipeline, rundir
+from benchmark.rundir import canonical_overrides
 from benchmark.distributed import DistContext
 from benchmark.results import (
     CHOICE_GROUPS, SCHEMA_VERSION, Cost, ResultsError, RunConfig, completed_result, completed_results,
@@ -185,3 +186,10 @@ def test_the_temporal_head_is_recorded_on_multi_temporal_data(encoder: str) -> N
     choices = {group: f"{group}_choice" for group in CHOICE_GROUPS}
     summary = rundir.summary(cfg, choices, "frozen", DistContext(0, 1, 0, torch.device("cpu")))
     assert summary.temporal == "temporal_choice"
+
+
+def test_a_job_has_one_identity_alone_and_in_a_sweep() -> None:
+    """A sweep passes ``optimizer.lr=0.001`` where the command line said ``1e-3``, one value per key."""
+    alone = canonical_overrides(["optimizer.lr=1e-3", "task.trainer.n_epochs=2", "task.trainer.n_epochs=1", "~foo"])
+    in_sweep = canonical_overrides(["optimizer.lr=0.001", "task.trainer.n_epochs=1", "~foo"])
+    assert alone == in_sweep == ["optimizer.lr=0.001", "task.trainer.n_epochs=1", "~foo"]

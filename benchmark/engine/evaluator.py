@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from benchmark.data.windows import crop_window, pad_to_window, padded_size, window_grid
 from benchmark.distributed import DistContext, all_reduce_sum
-from benchmark.engine.metrics import confusion_matrix_metric, segmentation_metrics
+from benchmark.engine.metrics import ConfusionMatrix, segmentation_metrics
 from benchmark.engine.precision import autocast_context, to_device
 
 log = logging.getLogger(__name__)
@@ -141,7 +141,7 @@ class Evaluator:
         """Metrics of ``model`` (switched to eval mode, then restored) on the whole split."""
         was_training = model.training
         model.eval()
-        confusion = confusion_matrix_metric(self.num_classes, self.ignore_index, self.ctx.device)
+        confusion = ConfusionMatrix(self.num_classes, self.ignore_index, self.ctx.device)
         device = self.ctx.device
         for batch in tqdm(self.loader, desc=desc, disable=not self.ctx.is_main, leave=False):
             target = batch["target"].to(device, non_blocking=True)
