@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from benchmark.models.encoders import weights
 from benchmark.models.encoders.weights import CheckpointLayoutError, WeightsNotFoundError
 from conftest import REPO
 from release_layouts import build_encoder, write_release_file
@@ -75,3 +77,19 @@ def test_wrong_layout_is_named(tmp_path: Path) -> None:
     with pytest.raises(CheckpointLayoutError) as info:
         build(pretrained=True, encoder_weights=str(truncated))
     assert "truncated or corrupted" in str(info.value)
+
+
+def test_a_release_file_is_read_once_per_process_until_it_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The jobs of a sweep in one process read the encoder's file once; adapting its keys leaves the kept copy whole."""
+    path = tmp_path / "release.pt"
+    torch.save({"model": {"a": torch.ones(2), "b": torch.zeros(3)}}, path)
+    reads = []
+    real_load = weights.safe_torch_load
+    monkeypatch.setattr(weights, "safe_torch_load", lambda *a, **k: reads.append(1) or real_load(*a, **k))
+    first = weights.read_checkpoint(path)
+    first["model"].pop("a")  # as a layout renaming keys would
+    second = weights.read_checkpoint(path)
+    assert len(reads) == 1 and set(second["model"]) == {"a", "b"}
+    torch.save({"model": {"a": torch.full((2,), 5.0)}}, path)
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000))
+    assert weights.read_checkpoint(path)["model"]["a"].tolist() == [5.0, 5.0] and len(reads) == 2

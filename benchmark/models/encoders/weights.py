@@ -16,7 +16,8 @@ from typing import Any, Mapping
 import torch
 
 from benchmark.download import DownloadError, download_file
-from benchmark.engine.safe_load import CheckpointReadError, UntrustedPickleError, safe_torch_load
+from benchmark.data.raster_cache import file_identity
+from benchmark.engine.safe_load import CheckpointReadError, UntrustedPickleError, is_trusted, safe_torch_load
 from benchmark.models.encoders.base import Encoder
 from benchmark.models.encoders.croma import CROMA
 from benchmark.models.encoders.dofa import DOFA
@@ -79,14 +80,35 @@ def read_checkpoint(path: str | Path) -> Any:
     Besides tensors, a file may hold the allow-listed objects some releases carry (training args, numpy
     scalars); anything else raises :class:`UntrustedPickleError` unless the file is in
     ``trusted_pickle_files``. A damaged or foreign file raises :class:`CheckpointLayoutError`.
+
+    The last file read is kept, so that the jobs of a sweep in one process read it once: the same file
+    (path, size, modification time) read under the same trust gives the kept tensors in fresh containers.
     """
     path = Path(path)
+    key = (file_identity(path), is_trusted(path)) if path.is_file() else None
+    if key is not None and _last_read.get("key") == key:
+        return fresh_containers(_last_read["checkpoint"])
     try:
-        return safe_torch_load(path, damaged_hint="An interrupted download? Delete it and fetch it again.")
+        checkpoint = safe_torch_load(path, damaged_hint="An interrupted download? Delete it and fetch it again.")
     except UntrustedPickleError:
         raise
     except CheckpointReadError as error:
         raise CheckpointLayoutError(str(error)) from error
+    _last_read.clear()
+    _last_read.update(key=key, checkpoint=checkpoint)
+    return fresh_containers(checkpoint)
+
+
+_last_read: dict[str, Any] = {}  # the last release file read in this process (read_checkpoint)
+
+
+def fresh_containers(value: Any) -> Any:
+    """``value`` with new dicts and lists, the same tensors: renaming and adapting keys leaves the kept copy whole."""
+    if isinstance(value, dict):
+        return {key: fresh_containers(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [fresh_containers(item) for item in value]
+    return value
 
 
 def strict_load(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
