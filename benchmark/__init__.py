@@ -7,12 +7,18 @@ from pathlib import Path
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 
 
+def _frames(value: object) -> int:
+    from benchmark.compat import frame_count  # imported when a config resolves it, not with the package
+
+    return frame_count(value)
+
+
 def _register_resolvers() -> None:
     """``${frames:${dataset.multi_temporal}}``: PANGAEA's multi_temporal (false or a count) as a frame count."""
     from omegaconf import OmegaConf
 
     if not OmegaConf.has_resolver("frames"):
-        OmegaConf.register_new_resolver("frames", lambda value: 1 if value in (False, None) else int(value))
+        OmegaConf.register_new_resolver("frames", _frames)
 
 
 _register_resolvers()

@@ -159,14 +159,18 @@ def pangaea_problems(cfg: DictConfig) -> list[str]:
     return problems
 
 
-def dataset_frames(dataset: Any) -> int:
-    """The frames per sample of a dataset config: PANGAEA's ``multi_temporal`` (false or a count)."""
-    value = dataset.get("multi_temporal", False)
+def frame_count(value: Any) -> int:
+    """PANGAEA's ``multi_temporal`` (false, null or a count >= 1) as a number of frames per sample."""
     if value is False or value is None:
         return 1
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"dataset.multi_temporal={value!r}: must be false or the number of frames per sample (>= 1)")
     return value
+
+
+def dataset_frames(dataset: Any) -> int:
+    """The frames per sample of a dataset config (its ``multi_temporal``)."""
+    return frame_count(dataset.get("multi_temporal", False))
 
 
 def runs_per_frame(cfg: Any) -> bool:

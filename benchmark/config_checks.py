@@ -60,8 +60,6 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "cache_dtype": (_one_of("float16", "float32"), "float16 or float32"),
     "use_wandb": (lambda v: isinstance(v, bool), "true or false"),
     "freeze_encoder_norm": (lambda v: isinstance(v, bool), "true or false"),
-    "dataset.multi_temporal": (lambda v: v is False or v is None or (_is_int(v) and v >= 1),
-                               "false or the number of frames per sample (an integer >= 1)"),
     "tuned_from": (_optional(lambda v: isinstance(v, str) and v != ""), "null or the name of a tuning trial's run folder"),
 }
 # Modes whose pretrained encoder trains, so that its norm layers can be kept as released.
@@ -160,10 +158,16 @@ def _pairing_problems(cfg: DictConfig) -> list[str]:
 def _frames_problems(cfg: DictConfig) -> list[str]:
     """``dataset.multi_temporal`` agrees with the frames per sample of the dataset class (its ``frames``), and
     the encoder reads one frame at a time or all of them (``encoder.num_frames``)."""
+    dataset = OmegaConf.select(cfg, "dataset")
+    if dataset is None:
+        return []
     try:
-        frames = getattr(get_class(str(OmegaConf.select(cfg, "dataset._target_"))), "frames", 1)
-        declared = dataset_frames(OmegaConf.select(cfg, "dataset"))
-    except (ImportError, ValueError, AttributeError):  # a bad value is reported by its own rule
+        declared = dataset_frames(dataset)
+    except ValueError as error:
+        return [str(error)]
+    try:
+        frames = getattr(get_class(str(dataset.get("_target_"))), "frames", 1)
+    except (ImportError, ValueError):  # a target that does not import is reported when the dataset is built
         return []
     if declared != frames:
         return [f"dataset.multi_temporal={OmegaConf.select(cfg, 'dataset.multi_temporal')!r}: {cfg.dataset._target_} "

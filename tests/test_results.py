@@ -13,7 +13,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from benchmark import pipeline, rundir
+from benchmark import rundir
 from benchmark.rundir import canonical_overrides
 from benchmark.distributed import DistContext
 from benchmark.results import (

@@ -94,6 +94,14 @@ def generate_scene(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.
     return image, mask
 
 
+def write_raster(path: Path, array: np.ndarray, transform: Affine, crs: str, nodata: float | None = None) -> None:
+    """A GeoTIFF of ``array`` (C, H, W) or (H, W) in its own dtype on the grid ``transform`` in ``crs``."""
+    data = array if array.ndim == 3 else array[None]
+    with rasterio.open(path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
+                       dtype=data.dtype.name, crs=crs, transform=transform, nodata=nodata) as dst:
+        dst.write(data)
+
+
 def write_scene(folder: Path, stem: str, image: np.ndarray, mask: np.ndarray, origin_x: float) -> None:
     size = image.shape[-1]
     transform = Affine(PIXEL_M, 0.0, origin_x, 0.0, -PIXEL_M, 5_200_000.0)  # north-up, 30 m

@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rasterio
 from affine import Affine
 
 from benchmark.data.burnintensity import CASE_LIST, FRAMES, HLSBurnIntensity, case_files
-from benchmark.data.synthetic import BURN, SURFACES, blob, ensure_generated, smooth_noise, write_atomically
+from benchmark.data.synthetic import BURN, SURFACES, blob, ensure_generated, smooth_noise, write_atomically, write_raster
 
 SMOKE = np.asarray((0.20, 0.21, 0.22, 0.24, 0.20, 0.15), dtype=np.float32)
 SEVERITY = (0.0, 0.25, 0.5, 0.75, 1.0)  # share of the burn signature reached in post, per class
@@ -40,14 +39,11 @@ def generate_case(rng: np.random.Generator, size: int) -> tuple[list[np.ndarray]
 
 def write_case(root: Path, case: str, frames: list[np.ndarray], label: np.ndarray, number: int) -> None:
     size = label.shape[0]
+    where = Affine(30.0, 0, 400_000.0 + number * size * 30.0, 0, -30.0, 4_500_000.0)  # cases side by side, 30 m
     paths, label_path = case_files(root, case)
-    profile = dict(driver="GTiff", width=size, height=size, crs="EPSG:32612",
-                   transform=Affine(30.0, 0, 400_000.0 + number * size * 30.0, 0, -30.0, 4_500_000.0))
     for path, frame in zip(paths, frames):
-        with rasterio.open(path, "w", count=6, dtype="float32", **profile) as dst:
-            dst.write(frame)
-    with rasterio.open(label_path, "w", count=1, dtype="float32", nodata=np.nan, **profile) as dst:
-        dst.write(label, 1)
+        write_raster(path, frame, where, "EPSG:32612")
+    write_raster(label_path, label, where, "EPSG:32612", nodata=np.nan)
 
 
 def generate_burnintensity(root: str | Path, num_train: int, num_test: int, img_size: int, seed: int) -> Path:

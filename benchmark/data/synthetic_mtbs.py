@@ -19,12 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rasterio
 from affine import Affine
 from rasterio.warp import transform, transform_bounds
 
 from benchmark.data.mtbs import CROP, FOLDER, SPLITS, MTBSBurnSeverity, list_samples, region_folders, split_file
-from benchmark.data.synthetic import BURN, CLOUD, SURFACES, ensure_generated, smooth_noise, write_atomically
+from benchmark.data.synthetic import BURN, CLOUD, SURFACES, ensure_generated, smooth_noise, write_atomically, write_raster
 
 REGIONS = {  # south-west corner of the region's fires (lon, lat) and the state in the fires' names
     "Northern_Cascades": ((-121.2, 48.3), "WA"),
@@ -79,13 +78,6 @@ def generate_fire(rng: np.random.Generator, size: int) -> tuple[list[np.ndarray]
     return [(frame + rng.normal(0.0, 0.004, frame.shape)).astype(np.float32) for frame in frames], label
 
 
-def write_raster(path: Path, array: np.ndarray, where: Affine) -> None:
-    data = array if array.ndim == 3 else array[None]
-    with rasterio.open(path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
-                       dtype=data.dtype.name, crs=CRS, transform=where) as dst:
-        dst.write(data)
-
-
 def region_geojson(path: Path, region: str, bounds: tuple[float, float, float, float]) -> None:
     """A FeatureCollection of one polygon: ``bounds`` (in :data:`CRS`) in WGS84."""
     west, south, east, north = transform_bounds(CRS, "EPSG:4326", *bounds)
@@ -108,8 +100,8 @@ def write_region(data_root: Path, region: str, fires: list[int], size: int, seed
         prefix, year = fire_prefix(number), 2016 + number % 5
         dates = [f"{year}{day}" for day in DATES] + [f"{year + 1}{DATES[-1]}"]
         for frame, day in zip(frames, dates):
-            write_raster(images / f"{prefix}_{day}.tif", frame, where)
-        write_raster(labels / f"{prefix}_severity.tif", label, where)
+            write_raster(images / f"{prefix}_{day}.tif", frame, where, CRS)
+        write_raster(labels / f"{prefix}_severity.tif", label, where, CRS)
     rows = max(1, -(-len(fires) // PER_ROW))
     bounds = (xs[0], ys[0], xs[0] + min(max(1, len(fires)), PER_ROW) * side, ys[0] + rows * side)
     region_geojson(data_root / f"{region}.geojson", region, bounds)
