@@ -50,9 +50,14 @@ def select_device(device: str, local_rank: int) -> torch.device:
         raise RuntimeError("device=cuda was requested but no CUDA device is available; use device=auto or cpu")
     if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
-    index = local_rank % torch.cuda.device_count()
-    torch.cuda.set_device(index)
-    return torch.device("cuda", index)
+    count = torch.cuda.device_count()
+    if local_rank >= count:
+        raise RuntimeError(
+            f"process {local_rank} of this node has no GPU of its own: {count} GPU(s) are visible and NCCL runs "
+            f"one process per GPU; set torchrun's --nproc_per_node to at most {count}"
+        )
+    torch.cuda.set_device(local_rank)
+    return torch.device("cuda", local_rank)
 
 
 def init_distributed(device: str = "auto") -> DistContext:

@@ -15,7 +15,8 @@ the median over repeats.
 The wall time of a variant is the sum of the wall times of its job processes, its CPU time the
 user + system time of those processes and their children (less sensitive to other load on the
 machine than the wall time); the other figures come from each run's
-``results.json`` (averaged over the runs of a variant): train images/s, epoch time (training only),
+``results.json`` (averaged over the runs of a variant): train images/s (all epochs, and the last
+epoch alone: after compiling and warming up), epoch time (training only),
 validation + test time, feature cache time (building or opening it) and peak memory (largest
 resident set size of a run's main process on CPU, max allocated on CUDA). Speed-ups compare each
 variant with the first. A second table splits wall and epoch time by decoder.
@@ -58,13 +59,14 @@ COLUMNS = {
     "cpu_s": "CPU (s)",
     "epoch_s": "epoch (s)",
     "images_per_s": "train img/s",
+    "last_epoch_images_per_s": "last epoch img/s",
     "eval_s": "val+test (s/run)",
     "cache_s": "feature cache (s/run)",
     "peak_mb": "peak memory (MiB)",
     "val_miou": "val mIoU",
 }
 SPEEDUPS = {"wall_s": "wall", "cpu_s": "CPU", "epoch_s": "epoch", "images_per_s": "img/s", "eval_s": "val+test"}
-HIGHER_IS_BETTER = {"images_per_s"}
+HIGHER_IS_BETTER = {"images_per_s", "last_epoch_images_per_s"}
 
 
 def machine() -> str:
@@ -134,11 +136,18 @@ def summarize(variant: str, wall: float, cpu: float, results: Sequence[RunResult
         "cpu_s": cpu,
         "epoch_s": mean("epoch_time_s"),
         "images_per_s": mean("train_images_per_s"),
+        "last_epoch_images_per_s": statistics.fmean(last_epoch_images_per_s(REPO / r.run_dir) for r in results),
         "eval_s": statistics.fmean(c.val_time_s + c.test_time_s for c in costs),
         "cache_s": mean("feature_cache_time_s"),
         "peak_mb": max(c.peak_memory_mb for c in costs),
         "val_miou": statistics.fmean(r.val["mIoU"] for r in results),
     }
+
+
+def last_epoch_images_per_s(run_dir: Path) -> float:
+    """Training images/s of a run's last epoch (``metrics.jsonl``): after compiling and warming up."""
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return json.loads(lines[-1])["train_images_per_s"]
 
 
 def median_rows(repeats: Sequence[Sequence[dict[str, Any]]]) -> list[dict[str, Any]]:

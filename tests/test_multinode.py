@@ -11,7 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+from benchmark.distributed import select_device
 from conftest import REPO, only_run_dir, run_benchmark, tiny_overrides
 
 pytestmark = pytest.mark.slow
@@ -42,3 +44,11 @@ def test_two_nodes_of_one_process_match_one_node_of_two(synthetic_root: Path, tm
     # the same two ranks on the same shards, whatever the nodes: the same computation
     assert two["test"]["confusion_matrix"] == one["test"]["confusion_matrix"] and two["test"]["mIoU"] == one["test"]["mIoU"]
     assert two["val"] == one["val"]
+
+
+def test_more_processes_than_gpus_stop_with_the_nproc_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    """NCCL refuses two processes on one GPU: the second process of a one-GPU node is stopped before any work."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(RuntimeError, match="--nproc_per_node to at most 1"):
+        select_device("auto", local_rank=1)

@@ -112,6 +112,8 @@ def test_tutorial_command_trains_and_tests(changes: dict[str, str], workspace: P
     assert results["cost"]["trainable_params"] == results["cost"]["total_params"] - results["cost"]["encoder_params"]
     assert "loaded" in (folder / "train.log").read_text(), "the release file was read"
     assert (folder / "wandb").is_dir(), "wandb logged offline"
+    for checkpoint in folder.glob("checkpoints/*.pt"):  # 350 MB each: a full frozen encoder
+        checkpoint.unlink()
 
 
 def test_dofa_file_given_to_croma_stops_with_a_clear_message(workspace: Path) -> None:

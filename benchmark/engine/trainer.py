@@ -206,7 +206,7 @@ class Trainer:
         self.model.train()
         self.train_loader.sampler.set_epoch(epoch)
         device = self.ctx.device
-        total_loss, steps = 0.0, 0
+        total_loss, steps, images_before = 0.0, 0, self.train_images
         start = time.perf_counter()
         bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{self.n_epochs}", disable=not self.ctx.is_main, leave=False)
         for step, batch in enumerate(bar):
@@ -238,14 +238,16 @@ class Trainer:
                 log.debug("epoch %d iter %d loss %.4f lr %.3e", epoch + 1, step + 1, loss.item(), lr)
                 if self.wandb_run is not None:
                     self.wandb_run.log({"train/loss": loss.item(), "train/lr": lr, "epoch": epoch + 1})
-        self.train_seconds += all_reduce_max(time.perf_counter() - start, device)
+        seconds = all_reduce_max(time.perf_counter() - start, device)
+        self.train_seconds += seconds
+        self.epoch_images_per_s = (self.train_images - images_before) / max(seconds, 1e-9)
         return total_loss / max(1, steps)
 
     def fit(self) -> dict[str, Any]:
         """Train to ``n_epochs``; returns the best validation metrics seen."""
         for epoch in range(self.start_epoch, self.n_epochs):
             train_loss = self.train_epoch(epoch)
-            line: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss}
+            line: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss, "train_images_per_s": self.epoch_images_per_s}
             improved = False
             if (epoch + 1) % self.eval_interval == 0 or epoch == self.n_epochs - 1:
                 metrics, improved = self.validate(epoch, train_loss)
