@@ -199,11 +199,12 @@ def eval_loader(
 
 
 def build_segmentor(cfg: DictConfig, mode: str, ctx: DistContext) -> Segmentor:
-    """Encoder (release weights unless ``mode=random``) + decoder, on ``ctx.device``.
+    """Encoder (release weights unless ``mode=random``) + decoder, on ``ctx.device``."""
+    return assemble_segmentor(cfg, mode, ctx, build_encoder(cfg, mode))
 
-    On CUDA the decoder's convolutions use channels_last; ``task.trainer.compile`` compiles encoder and
-    decoder (in place: checkpoints keep their keys).
-    """
+
+def build_encoder(cfg: DictConfig, mode: str) -> nn.Module:
+    """The encoder with its release weights read (unless ``mode=random``) and, under LoRA, its adapters."""
     # The constructor only builds the architecture; the file named by encoder.encoder_weights is read after.
     encoder = instantiate_plain(architecture_config(cfg.encoder), _convert_="all")
     if mode == "random":
@@ -215,6 +216,13 @@ def build_segmentor(cfg: DictConfig, mode: str, ctx: DistContext) -> Segmentor:
         settings = LoraSettings(**cfg.lora)
         adapted = add_lora(encoder, encoder.lora_targets, settings)
         log.info("LoRA: rank %d, alpha %g on %d layers of %s; its other weights stay frozen", settings.rank, settings.alpha, adapted, type(encoder).__name__)
+    return encoder
+
+
+def assemble_segmentor(cfg: DictConfig, mode: str, ctx: DistContext, encoder: nn.Module) -> Segmentor:
+    """A new decoder (and temporal head) on ``encoder``; several segmentors may share one frozen encoder
+    (lockstep heads). On CUDA the decoder's convolutions use channels_last; ``task.trainer.compile``
+    compiles encoder and decoder (in place: checkpoints keep their keys)."""
     decoder = instantiate_plain(cfg.decoder, in_dims=encoder.output_dims, _convert_="all")
     frames = dataset_frames(cfg.dataset)  # an encoder reading another number of frames stops at start-up (config_checks)
     if frames > 1:

@@ -27,12 +27,14 @@ class RunDirError(RuntimeError):
     """The requested run directory cannot be used as asked."""
 
 
+# The keys of configs/sweep.yaml that benchmark/run.py does not know: how python -m benchmark.sweep runs jobs.
+SWEEP_DRIVER_KEYS = ("nproc_per_node", "isolate", "lockstep")
 # Overrides that say where or how a run executes, not what it computes: they do not make a new job.
 # So do the PANGAEA keys this benchmark ignores (benchmark.compat), e.g. dataset.distribution=[0.9,0.1].
 EXECUTION_KEYS = frozenset({
     "work_dir", "run_dir", "resume", "device", "num_workers", "test_num_workers", "use_wandb",
     "wandb_project", "task.trainer.use_wandb", "task.trainer.log_interval", "task.trainer.ckpt_interval",
-    "dataset.root_path", "cache", "cache_dir", "nproc_per_node", "isolate", "trusted_pickle_files",
+    "dataset.root_path", "cache", "cache_dir", "trusted_pickle_files", *SWEEP_DRIVER_KEYS,
 }) | IGNORED_KEYS
 # Overrides already spelled out in the run name.
 NAMED_KEYS = frozenset({"dataset", "encoder", "decoder", "mode", "finetune", "seed"})

@@ -7,7 +7,9 @@ sweep's own process, one after another: imports and start-up are paid once, and 
 its own run folder, seeds, logs, checkpoints and ``results.json`` (:func:`run_in_process`). With
 ``isolate=true``, or several processes per job, each job runs in fresh processes as
 ``torchrun --standalone --nproc_per_node=N benchmark/run.py <job overrides> resume=true`` (plain
-``python`` when N=1). Jobs run one after another with Hydra's basic launcher, side by side with
+``python`` when N=1). Frozen-encoder jobs of one process that differ only in the decoder are queued and,
+once every sweep of the process is expanded, trained together as lockstep heads on one encoder pass
+(:mod:`benchmark.lockstep`; ``lockstep=false`` runs them one by one). Jobs run one after another with Hydra's basic launcher, side by side with
 ``hydra/launcher=local_parallel`` and as Slurm jobs with ``hydra/launcher=slurm``. A job whose run
 already completed is skipped without starting anything, so running the same sweep again finishes
 what is missing (interrupted runs continue from their last checkpoint). A job that fails is recorded
@@ -30,16 +32,15 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from benchmark import CONFIG_DIR
+from benchmark import CONFIG_DIR, lockstep
 from benchmark.models.segmentor import resolve_mode
 from benchmark.pipeline import hydra_choices, train
 from benchmark.results import completed_results
-from benchmark.rundir import find_resumable, run_stem, setting_overrides
+from benchmark.rundir import SWEEP_DRIVER_KEYS, find_resumable, run_stem, setting_overrides
 
 log = logging.getLogger("benchmark.sweep")  # also when run as __main__
 
 RUN_PY = Path(__file__).resolve().with_name("run.py")
-DRIVER_KEYS = ("nproc_per_node", "isolate")  # keys of configs/sweep.yaml that run.py does not know
 FAILED: list[str] = []  # the overrides of the jobs of this sweep that failed, in order
 MODE_FLAGS = ("-m", "--multirun", "-r", "--run", "-c", "--cfg", "-i", "--info", "-h", "--help", "--hydra-help")
 
@@ -54,7 +55,7 @@ def override_key(override: str) -> str:
 
 def run_overrides(task_overrides: list[str]) -> list[str]:
     """The job's overrides for ``run.py``: driver keys dropped, ``resume=true`` unless given."""
-    overrides = [o for o in task_overrides if override_key(o) not in DRIVER_KEYS]
+    overrides = [o for o in task_overrides if override_key(o) not in SWEEP_DRIVER_KEYS]
     if not any(override_key(o) == "resume" for o in overrides):
         overrides.append("resume=true")
     return overrides
@@ -101,13 +102,17 @@ def run_job(cfg: DictConfig) -> float:
     if done is not None:
         log.info("skip %s: completed in %s", " ".join(overrides), done)
         return validation_score(cfg, done)
+    if lockstep.can_defer(cfg):
+        log.info("queue %s: jobs that differ only in the decoder train as lockstep heads", " ".join(overrides))
+        lockstep.defer(job_config(cfg), " ".join(overrides))
+        return math.nan
     if cfg.isolate or int(cfg.nproc_per_node) > 1:
         command = job_command(overrides, int(cfg.nproc_per_node))
         log.info("run %s", " ".join(command))
         failed = subprocess.run(command).returncode != 0
     else:
         log.info("run %s (in this process)", " ".join(overrides))
-        failed = not run_in_process(cfg)
+        failed = not run_in_process(job_config(cfg))
     if failed:
         FAILED.append(" ".join(overrides))
         log.error("job %s failed: its run folder holds the error; the sweep goes on", " ".join(overrides))
@@ -115,20 +120,25 @@ def run_job(cfg: DictConfig) -> float:
     return validation_score(cfg, completed_run(cfg))
 
 
-def run_in_process(cfg: DictConfig) -> bool:
-    """Run one job as ``benchmark/run.py`` would, in this process; False when it failed.
+def job_config(cfg: DictConfig) -> DictConfig:
+    """The job's config as ``benchmark/run.py`` gets it: driver keys dropped, ``resume=true`` unless given."""
+    job = copy.deepcopy(cfg)
+    with open_dict(job):
+        for key in SWEEP_DRIVER_KEYS:
+            del job[key]
+        if not any(override_key(o) == "resume" for o in HydraConfig.get().overrides.task):
+            job.resume = True
+    return job
+
+
+def run_in_process(job: DictConfig) -> bool:
+    """Run one job (:func:`job_config`) as ``benchmark/run.py`` would, in this process; False when it failed.
 
     The job starts from the same state as in a fresh process: :func:`benchmark.pipeline.train` seeds
     every generator from the job's seed, and what the previous job built is released first.
     """
-    job = copy.deepcopy(cfg)
-    with open_dict(job):
-        for key in DRIVER_KEYS:
-            del job[key]
-        if not any(override_key(o) == "resume" for o in HydraConfig.get().overrides.task):
-            job.resume = True
     try:
-        train(job)
+        train(copy.deepcopy(job))
         return True
     except Exception:  # recorded in the run folder by train(); the traceback goes to the sweep's log
         log.exception("job failed")
@@ -168,11 +178,14 @@ def main() -> None:
     shared ones), all in this process, e.g. decoders that each need their own settings."""
     log_to_console()
     args = sys.argv[1:]
-    if args[:1] == ["--jobs"] and len(args) > 1:
-        for line in read_job_file(Path(args[1])):
-            sweep([*args[2:], *line])
-    else:
-        sweep(args)
+    try:
+        if args[:1] == ["--jobs"] and len(args) > 1:
+            for line in read_job_file(Path(args[1])):
+                sweep([*args[2:], *line])
+        else:
+            sweep(args)
+    finally:  # the queued jobs of every sweep of the process, so that jobs of different lines share too
+        FAILED.extend(lockstep.run_deferred(lambda job: run_in_process(job.cfg)))
     if FAILED:
         log.error("%d job(s) failed: %s", len(FAILED), "; ".join(FAILED))
         sys.exit(1)

@@ -1,12 +1,14 @@
-"""Wall time of a whole sweep: every job in its own process vs all jobs in one process.
+"""Wall time of a whole sweep: every job in its own process vs all jobs in one process, one by one or as
+lockstep heads.
 
     python scripts/benchmark_speed.py --sweep --decoders seg_linear "seg_fcn decoder.channels=16" ... \\
         --seeds 0 1 --random-weights -- mode=frozen dataset=synthetic_burnscars ...
 
 The same jobs (decoders x seeds) run twice, in fresh work_dirs: ``separate``, one ``benchmark/run.py``
 process per job, as sweeps ran before ``benchmark.sweep`` shared its process (and as
-``isolate=true`` still runs them); ``shared``, one ``python -m benchmark.sweep --jobs FILE`` process
-for all of them (a line per decoder, its seeds as a comma list). Per job, ``train`` is the training
+``isolate=true`` still runs them); ``shared``, one ``python -m benchmark.sweep --jobs FILE lockstep=false``
+process for all of them (a line per decoder, its seeds as a comma list), jobs one by one; ``lockstep``,
+the same process with the frozen-encoder jobs of each seed trained together on one encoder pass. Per job, ``train`` is the training
 epochs (``cost.train_time_s`` of its results.json) and ``fixed`` everything else of the variant's
 wall time divided among its jobs: start-up, imports, data and model building, validation, test,
 writing. The table also says whether every job's test metrics came out the same in both variants.
@@ -34,11 +36,13 @@ def job_file(decoders: Sequence[list[str]], seeds: Sequence[str], path: Path) ->
     return path
 
 
-def run_shared(overrides: Sequence[str], decoders: Sequence[list[str]], seeds: Sequence[str], work_dir: Path) -> float:
+def run_shared(overrides: Sequence[str], decoders: Sequence[list[str]], seeds: Sequence[str], work_dir: Path,
+               lockstep: bool) -> float:
     """All jobs in one ``python -m benchmark.sweep`` process; its wall time in seconds."""
     work_dir.mkdir(parents=True, exist_ok=True)
     jobs = job_file(decoders, seeds, work_dir.with_name(work_dir.name + "_jobs.txt"))
-    command = [sys.executable, "-m", "benchmark.sweep", "--jobs", str(jobs), *overrides, f"work_dir={work_dir}"]
+    command = [sys.executable, "-m", "benchmark.sweep", "--jobs", str(jobs), *overrides, f"work_dir={work_dir}",
+               f"lockstep={str(lockstep).lower()}"]
     started = time.perf_counter()
     result = subprocess.run(command, cwd=REPO, env={**os.environ, "HYDRA_FULL_ERROR": "1"}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -71,21 +75,23 @@ def compare(overrides: Sequence[str], decoders: Sequence[list[str]], seeds: Sequ
     jobs = [[*decoder, *([f"seed={s}"] if s else [])] for decoder in decoders for s in seeds or [None]]
     tables, same = [], True
     for number in range(repeat):
-        separate_dir, shared_dir = root / f"repeat{number}_separate", root / f"repeat{number}_shared"
-        separate_wall = sum(run_separately([*overrides, *job], separate_dir) for job in jobs)
-        shared_wall = run_shared(overrides, decoders, seeds, shared_dir)
-        apart, together = runs_of(separate_dir), runs_of(shared_dir)
-        if apart.keys() != together.keys() or len(apart) != len(jobs):
-            raise SystemExit(f"expected the same {len(jobs)} completed jobs in {separate_dir} and {shared_dir}")
-        same &= all(apart[key].test == together[key].test for key in apart)
-        tables.append([row("separate processes", separate_wall, apart), row("one shared process", shared_wall, together)])
-        print(f"repeat {number + 1}: separate {separate_wall:.1f} s, shared {shared_wall:.1f} s", flush=True)
+        dirs = [root / f"repeat{number}_{name}" for name in ("separate", "shared", "lockstep")]
+        walls = [sum(run_separately([*overrides, *job], dirs[0]) for job in jobs),
+                 run_shared(overrides, decoders, seeds, dirs[1], lockstep=False),
+                 run_shared(overrides, decoders, seeds, dirs[2], lockstep=True)]
+        found = [runs_of(folder) for folder in dirs]
+        if any(f.keys() != found[0].keys() for f in found) or len(found[0]) != len(jobs):
+            raise SystemExit(f"expected the same {len(jobs)} completed jobs in {', '.join(map(str, dirs))}")
+        same &= all(f[key].test == found[0][key].test for f in found[1:] for key in found[0])
+        names = ("separate processes", "one shared process", "lockstep heads")
+        tables.append([row(name, wall, runs) for name, wall, runs in zip(names, walls, found)])
+        print(f"repeat {number + 1}: " + ", ".join(f"{n} {w:.1f} s" for n, w in zip(names, walls)), flush=True)
     medians = [{key: (statistics.median(t[i][key] for t in tables) if key not in ("variant", "jobs") else tables[0][i][key])
-                for key in tables[0][i]} for i in range(2)]
+                for key in tables[0][i]} for i in range(3)]
     lines = ["| variant | jobs | sweep wall (s) | per job (s) | training per job (s) | fixed per job (s) | fixed share | "
              "speed-up |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in medians:
         lines.append(f"| {r['variant']} | {r['jobs']} | {r['wall_s']:.1f} | {r['per_job_s']:.2f} | {r['train_s']:.2f} | "
                      f"{r['fixed_s']:.2f} | {100 * r['fixed_share']:.0f} % | {medians[0]['wall_s'] / r['wall_s']:.2f}x |")
-    lines.append(f"\nsame test metrics in every job of both variants: {'yes' if same else 'NO'}")
+    lines.append(f"\nsame test metrics in every job of all variants: {'yes' if same else 'NO'}")
     return "\n".join(lines)

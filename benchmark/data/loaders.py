@@ -70,6 +70,10 @@ def make_loader(
     pin_memory: bool,
     drop_last: bool = False,
 ) -> DataLoader:
+    """A DataLoader whose workers' base seed comes from a generator of its own: starting an epoch or an
+    evaluation then draws nothing from the global generator, so the dropout masks of training do not
+    depend on how often it is evaluated, nor on other runs that share its stream (lockstep heads).
+    Crops are seeded per sample (:func:`~benchmark.data.preprocessing.sample_rng`), never by workers."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -79,4 +83,5 @@ def make_loader(
         drop_last=drop_last,
         persistent_workers=num_workers > 0,
         worker_init_fn=seed_worker,
+        generator=torch.Generator().manual_seed(0),
     )

@@ -6,6 +6,7 @@ loads with ``weights_only=True`` through :func:`~benchmark.engine.safe_load.safe
 
 from __future__ import annotations
 
+import logging
 import random
 from pathlib import Path
 from typing import Any, Iterable
@@ -13,8 +14,10 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
-from benchmark.atomic import write_atomically
+from benchmark.atomic import remove_interrupted_writes, write_atomically
 from benchmark.engine.safe_load import CheckpointReadError, PathLike, safe_torch_load
+
+log = logging.getLogger(__name__)
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
@@ -90,3 +93,29 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def clear_run_folder(run_dir: Path) -> None:
+    """Remove what an attempt that never wrote ``last.pt`` left in ``run_dir``: metrics, results, checkpoints."""
+    remove_partial_writes(run_dir)
+    stale = [run_dir / "metrics.jsonl", run_dir / "results.json", *(run_dir / "checkpoints").glob("*.pt")]
+    for path in stale:
+        if path.is_file():
+            log.info("Removing %s left by an interrupted earlier attempt", path)
+            path.unlink()
+
+
+def keep_epochs_of(run_dir: Path, last_epoch: int) -> None:
+    """Before resuming after ``last_epoch`` (0-based): drop partial writes and the metric lines of later
+    epochs (they will be run again; a line cut short by the kill belongs to a later epoch too)."""
+    remove_partial_writes(run_dir)
+    path = run_dir / "metrics.jsonl"
+    if path.exists():
+        lines = path.read_text().splitlines()[: last_epoch + 1]
+        path.write_text("".join(line + "\n" for line in lines))
+
+
+def remove_partial_writes(run_dir: Path) -> None:
+    for folder in (run_dir, run_dir / "checkpoints"):
+        for path in remove_interrupted_writes(folder):
+            log.info("Removed %s, the remains of a write that was interrupted", path)

@@ -15,14 +15,17 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from benchmark.atomic import remove_interrupted_writes
 from benchmark.distributed import DistContext, all_gather_object, all_reduce_max
-from benchmark.engine.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from benchmark.engine.checkpoint import (
+    clear_run_folder, keep_epochs_of, load_checkpoint, restore_rng_state, rng_state, save_checkpoint,
+)
 from benchmark.engine.evaluator import Evaluator
 from benchmark.engine.precision import autocast_context, resolve_precision, to_device
 from benchmark.models.segmentor import Segmentor
 
 log = logging.getLogger(__name__)
+# What a checkpoint carries of the run's progress besides weights, optimizer, schedule and RNG.
+COUNTERS = ("best_metric", "best_epoch", "best_val_metrics", "train_images", "train_seconds", "eval_seconds")
 
 
 class ResumeError(RuntimeError):
@@ -128,12 +131,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "epoch": epoch,
-            "best_metric": self.best_metric,
-            "best_epoch": self.best_epoch,
-            "best_val_metrics": self.best_val_metrics,
-            "train_images": self.train_images,
-            "train_seconds": self.train_seconds,
-            "eval_seconds": self.eval_seconds,
+            **{key: getattr(self, key) for key in COUNTERS},
             "world_size": self.ctx.world_size,
             "rng": rng,
         }
@@ -155,42 +153,19 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.start_epoch = state["epoch"] + 1
-        self.best_metric = state["best_metric"]
-        self.best_epoch = state["best_epoch"]
-        self.best_val_metrics = state["best_val_metrics"]
-        self.train_images = state["train_images"]
-        self.train_seconds = state["train_seconds"]
-        self.eval_seconds = state["eval_seconds"]
+        for key in COUNTERS:
+            setattr(self, key, state[key])
         rng = state["rng"]  # by rank; a single dict in checkpoints written before per-rank states
         restore_rng_state(rng[self.ctx.rank] if isinstance(rng, list) else rng)
         if self.ctx.is_main:
-            self.remove_interrupted_writes()
-            self._truncate_metrics_log(state["epoch"])
+            keep_epochs_of(self.run_dir, state["epoch"])
         log.info("Resumed from %s after epoch %d", path, state["epoch"] + 1)
 
     def start_afresh(self) -> None:
         """Remove what an earlier attempt that never wrote ``last.pt`` left in the run folder (rank 0), so
         that the folder ends as an uninterrupted run's would: no epoch logged twice, no stale best.pt."""
-        if not self.ctx.is_main:
-            return
-        self.remove_interrupted_writes()
-        stale = [self.run_dir / "metrics.jsonl", self.run_dir / "results.json", *self.checkpoint_dir.glob("*.pt")]
-        for path in stale:
-            if path.is_file():
-                log.info("Removing %s left by an interrupted earlier attempt", path)
-                path.unlink()
-
-    def remove_interrupted_writes(self) -> None:
-        for folder in (self.run_dir, self.checkpoint_dir):
-            for path in remove_interrupted_writes(folder):
-                log.info("Removed %s, the remains of a write that was interrupted", path)
-
-    def _truncate_metrics_log(self, last_epoch: int) -> None:
-        """Drop metric lines written after the checkpoint (the epoch will be run again)."""
-        path = self.run_dir / "metrics.jsonl"
-        if path.exists():  # a line cut short by the kill belongs to a later epoch: it goes too
-            lines = path.read_text().splitlines()[: last_epoch + 1]
-            path.write_text("".join(line + "\n" for line in lines))
+        if self.ctx.is_main:
+            clear_run_folder(self.run_dir)
 
     def follow_schedule(self, epoch: int) -> None:
         """Under ``mode=progressive``, let what the schedule says train from ``epoch`` on (DDP is rebuilt
@@ -201,67 +176,88 @@ class Trainer:
             self.forward = training_forward(self.model, self.ctx)
             self.trainable = [p for p in self.model.parameters() if p.requires_grad]
 
-    def train_epoch(self, epoch: int) -> float:
+    def begin_epoch(self, epoch: int) -> None:
         self.follow_schedule(epoch)
         self.model.train()
         self.train_loader.sampler.set_epoch(epoch)
-        device = self.ctx.device
-        total_loss, steps, images_before = 0.0, 0, self.train_images
+        self.epoch_loss, self.epoch_steps, self.epoch_images = 0.0, 0, 0
+
+    def train_step(self, inputs: dict[str, Any], target: torch.Tensor, epoch: int) -> float:
+        """One optimisation step on a batch already on the device (``inputs`` may hold encoder ``features``
+        instead of the ``image``, frozen mode); returns the loss."""
+        with autocast_context(self.ctx.device, self.precision):
+            logits = self.forward(inputs, tuple(target.shape[-2:]))
+        loss = self.criterion(logits.float(), target)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, self.grad_clip if self.grad_clip else math.inf)
+        # Under DDP the gradients are already averaged over ranks, so every rank sees the same
+        # non-finite norm and stops at the same step.
+        if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+            raise NonFiniteLossError(
+                f"non-finite loss ({loss.item()}) or gradient norm ({grad_norm.item()}) at epoch "
+                f"{epoch + 1}, iteration {self.epoch_steps + 1}. Lower optimizer.lr, set task.trainer.grad_clip, "
+                "use precision=fp32, or check the input data for NaN values."
+            )
+        self.optimizer.step()
+        self.scheduler.step()
+        value = loss.item()
+        self.epoch_loss += value
+        self.epoch_steps += 1
+        self.epoch_images += target.shape[0] * self.ctx.world_size
+        if self.ctx.is_main and self.epoch_steps % self.log_interval == 0:
+            lr = self.optimizer.param_groups[0]["lr"]
+            log.debug("epoch %d iter %d loss %.4f lr %.3e", epoch + 1, self.epoch_steps, value, lr)
+            if self.wandb_run is not None:
+                self.wandb_run.log({"train/loss": value, "train/lr": lr, "epoch": epoch + 1})
+        return value
+
+    def end_epoch(self, seconds: float) -> float:
+        """Count the epoch's ``seconds`` of training (the slowest rank's); returns its mean loss."""
+        seconds = all_reduce_max(seconds, self.ctx.device)
+        self.train_seconds += seconds
+        self.train_images += self.epoch_images
+        self.epoch_images_per_s = self.epoch_images / max(seconds, 1e-9)
+        return self.epoch_loss / max(1, self.epoch_steps)
+
+    def train_epoch(self, epoch: int) -> float:
+        self.begin_epoch(epoch)
         start = time.perf_counter()
         bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{self.n_epochs}", disable=not self.ctx.is_main, leave=False)
-        for step, batch in enumerate(bar):
-            inputs = to_device(batch, device)
-            target = batch["target"].to(device, non_blocking=True)
-            with autocast_context(device, self.precision):
-                logits = self.forward(inputs, tuple(target.shape[-2:]))
-            loss = self.criterion(logits.float(), target)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            max_norm = self.grad_clip if self.grad_clip else math.inf
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, max_norm)
-            # Under DDP the gradients are already averaged over ranks, so every rank sees the same
-            # non-finite norm and stops at the same step.
-            if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
-                raise NonFiniteLossError(
-                    f"non-finite loss ({loss.item()}) or gradient norm ({grad_norm.item()}) at epoch "
-                    f"{epoch + 1}, iteration {step + 1}. Lower optimizer.lr, set task.trainer.grad_clip, "
-                    "use precision=fp32, or check the input data for NaN values."
-                )
-            self.optimizer.step()
-            self.scheduler.step()
-            total_loss += loss.item()
-            steps += 1
-            self.train_images += target.shape[0] * self.ctx.world_size
-            if self.ctx.is_main and (step + 1) % self.log_interval == 0:
-                lr = self.optimizer.param_groups[0]["lr"]
-                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
-                log.debug("epoch %d iter %d loss %.4f lr %.3e", epoch + 1, step + 1, loss.item(), lr)
-                if self.wandb_run is not None:
-                    self.wandb_run.log({"train/loss": loss.item(), "train/lr": lr, "epoch": epoch + 1})
-        seconds = all_reduce_max(time.perf_counter() - start, device)
-        self.train_seconds += seconds
-        self.epoch_images_per_s = (self.train_images - images_before) / max(seconds, 1e-9)
-        return total_loss / max(1, steps)
+        for batch in bar:
+            loss = self.train_step(to_device(batch, self.ctx.device), batch["target"].to(self.ctx.device, non_blocking=True), epoch)
+            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+        return self.end_epoch(time.perf_counter() - start)
+
+    def is_eval_epoch(self, epoch: int) -> bool:
+        return (epoch + 1) % self.eval_interval == 0 or epoch == self.n_epochs - 1
 
     def fit(self) -> dict[str, Any]:
         """Train to ``n_epochs``; returns the best validation metrics seen."""
         for epoch in range(self.start_epoch, self.n_epochs):
             train_loss = self.train_epoch(epoch)
-            line: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss, "train_images_per_s": self.epoch_images_per_s}
-            improved = False
-            if (epoch + 1) % self.eval_interval == 0 or epoch == self.n_epochs - 1:
-                metrics, improved = self.validate(epoch, train_loss)
-                line.update({"split": "val", **metrics})
-            else:
-                log.info("epoch %d/%d  train loss %.4f", epoch + 1, self.n_epochs, train_loss)
-            self.save(epoch, line, improved)
+            metrics, seconds = None, 0.0
+            if self.is_eval_epoch(epoch):
+                started = time.perf_counter()
+                metrics = self.evaluator.evaluate(self.model, desc=f"val {epoch + 1}")
+                seconds = time.perf_counter() - started
+            self.finish_epoch(epoch, train_loss, metrics, seconds)
         return self.best_val_metrics
 
-    def validate(self, epoch: int, train_loss: float) -> tuple[dict[str, Any], bool]:
-        """Validation metrics after ``epoch`` and whether they are the best so far."""
-        started = time.perf_counter()
-        metrics = self.evaluator.evaluate(self.model, desc=f"val {epoch + 1}")
-        self.eval_seconds += time.perf_counter() - started
+    def finish_epoch(self, epoch: int, train_loss: float, metrics: dict[str, Any] | None, eval_seconds: float) -> None:
+        """Log the epoch (with its validation ``metrics``, if it had one) and write its checkpoints."""
+        line: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss, "train_images_per_s": self.epoch_images_per_s}
+        improved = False
+        if metrics is not None:
+            improved = self.record_validation(epoch, train_loss, metrics, eval_seconds)
+            line.update({"split": "val", **metrics})
+        else:
+            log.info("epoch %d/%d  train loss %.4f", epoch + 1, self.n_epochs, train_loss)
+        self.save(epoch, line, improved)
+
+    def record_validation(self, epoch: int, train_loss: float, metrics: dict[str, Any], seconds: float) -> bool:
+        """Keep the validation ``metrics`` after ``epoch`` if they are the best so far (returns whether)."""
+        self.eval_seconds += seconds
         # The first validation always gives best.pt, even with a NaN metric; NaN never beats a number.
         value = metrics[self.best_metric_key]
         value = -math.inf if math.isnan(value) else value
@@ -277,7 +273,7 @@ class Trainer:
         )
         if self.wandb_run is not None:
             self.wandb_run.log({f"val/{k}": v for k, v in metrics.items() if isinstance(v, float)} | {"epoch": epoch + 1})
-        return metrics, improved
+        return improved
 
     def save(self, epoch: int, line: dict[str, Any], improved: bool) -> None:
         """Log the epoch's line, then write best.pt (if improved), epoch_N.pt and last.pt (rank 0).

@@ -1,0 +1,244 @@
+"""The jobs of a sweep that differ only in the decoder, run as lockstep heads on one frozen encoder.
+
+``python -m benchmark.sweep`` (one process per job, basic sweeper) queues its frozen-encoder jobs with
+:func:`defer`, then :func:`run_deferred` groups them: jobs whose configs are equal but for ``decoder``
+build the data and the encoder once and train their decoders together
+(:mod:`benchmark.engine.heads`); every job still gets its own run folder, ``train.log``, checkpoints
+and ``results.json``, with the metrics it gets when run alone. A job left alone in its group, one that
+resumes an interrupted run, and every job of a group that failed run one by one as before (a failed
+group's finished checkpoints are resumed, so the job that failed is recorded as failed and the
+others complete).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from benchmark import builders, compat
+from benchmark.config_checks import check_config
+from benchmark.distributed import DistContext, init_distributed, process_seed
+from benchmark.engine.checkpoint import load_checkpoint, restore_rng_state, rng_state, seed_everything
+from benchmark.engine.heads import fit_in_lockstep
+from benchmark.engine.precision import peak_memory_mb
+from benchmark.models.segmentor import resolve_mode
+from benchmark.pipeline import build_trainer, hydra_choices
+from benchmark.results import Cost, RunConfig, completed_result, completed_results, write_results
+from benchmark.rundir import choose_run_dir, package_versions, save_config, setup_logging, summary
+
+log = logging.getLogger("benchmark.sweep")
+
+
+@dataclass
+class Job:
+    """A job of the sweep as Hydra composed it: its config and its Hydra settings (overrides, choices)."""
+
+    cfg: DictConfig
+    hydra: DictConfig
+    name: str
+
+    @contextlib.contextmanager
+    def composed(self) -> Iterator[None]:
+        """Hydra's view of this job (its overrides, choices) while it is set up."""
+        before = HydraConfig.instance().cfg
+        HydraConfig.instance().cfg = self.hydra
+        try:
+            yield
+        finally:
+            HydraConfig.instance().cfg = before
+
+
+@dataclass
+class Head:
+    job: Job
+    cfg: DictConfig  # the job's config with PANGAEA's spellings applied
+    choices: dict[str, str]
+    run_dir: Path
+    summary: RunConfig | None = None  # what results.json says of the job's config (made while it is composed)
+
+
+DEFERRED: list[Job] = []
+
+
+def can_defer(cfg: DictConfig) -> bool:
+    """A job that may share its encoder: one process, frozen encoder, no Weights & Biases run to share."""
+    sweeper = str(HydraConfig.get().sweeper.get("_target_", ""))
+    return (
+        bool(cfg.lockstep) and "BasicSweeper" in sweeper and not cfg.isolate and int(cfg.nproc_per_node) == 1
+        and resolve_mode(cfg.mode, cfg.finetune) == "frozen" and not cfg.use_wandb
+    )
+
+
+def defer(job_cfg: DictConfig, name: str) -> None:
+    DEFERRED.append(Job(job_cfg, copy.deepcopy(HydraConfig.instance().cfg), name))
+
+
+def group_key(job: Job) -> str:
+    """What must be equal for jobs to share the encoder pass: everything but the decoder."""
+    cfg = copy.deepcopy(job.cfg)
+    with open_dict(cfg):
+        del cfg["decoder"]
+    choices = {k: v for k, v in job.hydra.hydra.runtime.choices.items() if k != "decoder"}
+    return OmegaConf.to_yaml(cfg) + str(sorted(choices.items()))
+
+
+def run_deferred(run_alone: Callable[[Job], bool]) -> list[str]:
+    """Run the deferred jobs, groups of several as lockstep heads; the names of the jobs that failed."""
+    groups: dict[str, list[Job]] = {}
+    for job in DEFERRED:
+        groups.setdefault(group_key(job), []).append(job)
+    DEFERRED.clear()
+    failed = []
+    for jobs in groups.values():
+        alone = jobs if len(jobs) == 1 else run_group(jobs)
+        for job in alone:
+            log.info("run %s (in this process)", job.name)
+            with job.composed():
+                if not run_alone(job):
+                    failed.append(job.name)
+    return failed
+
+
+def run_group(jobs: list[Job]) -> list[Job]:
+    """Train the jobs of one group as heads; returns the jobs still to run alone."""
+    started = time.time()
+    ctx = init_distributed(jobs[0].cfg.device)
+    setup_logging(ctx, None)
+    heads, alone = [], []
+    for job in jobs:
+        cfg = copy.deepcopy(job.cfg)
+        try:
+            with job.composed():
+                check_config(cfg)
+                compat.apply_aliases(cfg)
+                choices = hydra_choices()
+                folder, resuming = choose_run_dir(cfg, choices, "frozen", ctx)
+        except Exception:  # run alone, it fails there with its own message and results.json
+            alone.append(job)
+            continue
+        if cfg.resume and completed_results(folder) is not None:
+            log.info("skip %s: completed in %s", job.name, folder)
+        elif resuming:
+            alone.append(job)
+        else:
+            heads.append(Head(job, cfg, choices, folder))
+    if len(heads) < 2:
+        return alone + [head.job for head in heads]
+    log.info("%d jobs in lockstep on one encoder pass: %s", len(heads), "; ".join(h.job.name for h in heads))
+    try:
+        with head_logs(ctx, heads) as focus:
+            fit_and_test_heads(heads, ctx, started, focus)
+    except Exception:
+        log.exception("lockstep group failed: its jobs run one by one (finished epochs are resumed)")
+        return alone + [head.job for head in heads]
+    return alone
+
+
+def fit_and_test_heads(heads: list[Head], ctx: DistContext, started: float, focus: Callable[[int], Any]) -> None:
+    """:func:`benchmark.pipeline.fit_and_test` for several heads: data and encoder built once, every
+    decoder built from the random state its run alone would build it from."""
+    lead = heads[0].cfg
+    for index, head in enumerate(heads):
+        with focus(index), head.job.composed():
+            log.info("Run folder %s (lockstep head %d of %d, mode=frozen)", head.run_dir, index + 1, len(heads))
+            compat.log_pangaea_keys(head.cfg)
+            save_config(head.cfg, head.choices, "frozen", head.run_dir)
+            head.summary = summary(head.cfg, head.choices, "frozen", ctx)
+    seed_everything(int(lead.seed))
+    datasets = builders.build_datasets(lead, ctx)
+    builders.check_train_size(lead, ctx, len(datasets["train"]))
+    encoder = builders.build_encoder(lead, "frozen")
+    after_encoder = rng_state()
+    models = []
+    for head in heads:
+        restore_rng_state(after_encoder)
+        models.append(builders.assemble_segmentor(head.cfg, "frozen", ctx, encoder))
+        builders.check_train_batch(head.cfg, models[-1], ctx)
+    features = builders.build_feature_cache(lead, "frozen", models[0], ctx)
+    loaders = {split: builders.eval_loader(lead, split, ctx, datasets[split], features) for split in ("val", "test")}
+    evaluators = {split: builders.build_evaluator(lead, loader, encoder.input_size, ctx) for split, loader in loaders.items()}
+    train_loader = builders.train_loader(lead, ctx, datasets["train"], features)
+    trainers = [
+        build_trainer(h.cfg, ctx, h.run_dir, model, train_loader, evaluators["val"], None) for h, model in zip(heads, models)
+    ]
+    seed_everything(process_seed(int(lead.seed), ctx.rank))
+    for trainer in trainers:
+        trainer.start_afresh()
+    fit_in_lockstep(trainers, evaluators["val"], focus)
+    best = [load_checkpoint(h.run_dir / "checkpoints" / "best.pt", trusted=lead.trusted_pickle_files) for h in heads]
+    for model, checkpoint in zip(models, best):
+        model.load_trainable_state_dict(checkpoint["model"])
+    test_started = time.perf_counter()
+    tests = evaluators["test"].evaluate_heads(models, desc="test")
+    test_seconds = (time.perf_counter() - test_started) / len(heads)
+    for index, (head, model, trainer, checkpoint, metrics) in enumerate(zip(heads, models, trainers, best, tests)):
+        cost = Cost(
+            **model.parameter_counts(),
+            wall_time_s=(time.time() - started) / len(heads),
+            train_time_s=trainer.train_seconds,
+            epoch_time_s=trainer.train_seconds / trainer.n_epochs,
+            train_images_per_s=trainer.train_images / max(trainer.train_seconds, 1e-9),
+            val_time_s=trainer.eval_seconds,
+            test_time_s=test_seconds,
+            feature_cache_time_s=features.seconds / len(heads) if features is not None else 0.0,
+            peak_memory_mb=peak_memory_mb(ctx.device),
+        )
+        result = completed_result(
+            head.run_dir, head.summary, best_epoch=checkpoint["epoch"] + 1,
+            val=trainer.best_val_metrics, test=metrics, cost=cost, versions=package_versions(),
+        )
+        with focus(index):
+            log.info("Test (best epoch %d): mIoU %.4f", checkpoint["epoch"] + 1, metrics["mIoU"])
+            write_results(head.run_dir, result)
+            log.info("Results written to %s", head.run_dir / "results.json")
+
+
+ACTIVE: list[int | None] = [None]  # the head whose work is under way; None: work shared by all
+
+
+class OneHead(logging.Filter):
+    """Lets through the records of one head (and those of shared work) to that head's ``train.log``."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.index = index
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return ACTIVE[0] in (None, self.index)
+
+
+@contextlib.contextmanager
+def head_logs(ctx: DistContext, heads: list[Head]) -> Iterator[Callable[[int], Any]]:
+    """A ``train.log`` per head; yields ``focus(i)``, the context in which log records are head ``i``'s."""
+    root = logging.getLogger()
+    formatter = root.handlers[0].formatter if root.handlers else None
+    files = []
+    for index, head in enumerate(heads):
+        handler = logging.FileHandler(head.run_dir / "train.log", mode="a")
+        handler.setFormatter(formatter)
+        handler.addFilter(OneHead(index))
+        root.addHandler(handler)
+        files.append(handler)
+
+    @contextlib.contextmanager
+    def focus(index: int) -> Iterator[None]:
+        ACTIVE[0] = index
+        try:
+            yield
+        finally:
+            ACTIVE[0] = None
+
+    try:
+        yield focus
+    finally:
+        for handler in files:
+            root.removeHandler(handler)
+            handler.close()

@@ -1,0 +1,70 @@
+"""Lockstep heads: in ``python -m benchmark.sweep``, frozen-encoder jobs that differ only in the decoder
+train together on one encoder pass, and each gives the results of its job run alone; a group with a
+failing job falls back to running its jobs one by one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from conftest import tiny_overrides
+from test_pipeline import tiny_weights_file
+from test_sweep_shared import sweep
+
+pytestmark = pytest.mark.slow
+
+
+def runs(work_dir: Path) -> dict[tuple, Path]:
+    """``{(decoder, seed): run folder}`` of the runs in ``work_dir``."""
+    found = {}
+    for path in work_dir.glob("*/config.yaml"):
+        config = OmegaConf.load(path)
+        found[(config.choices.decoder, config.seed)] = path.parent
+    return found
+
+
+def epochs(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("cache", ["false", "true"])
+def test_heads_in_lockstep_give_the_results_of_their_jobs_run_alone(synthetic_root: Path, tmp_path: Path, cache: str) -> None:
+    weights = tiny_weights_file(tmp_path / "mae.pth")
+    jobs = ["mode=frozen", f"encoder.encoder_weights={weights}", "decoder=seg_fcn,seg_upernet,seg_segformer", "seed=0,1",
+            "task.trainer.n_epochs=3", "task.trainer.eval_interval=2", f"cache={cache}"]
+    alone = sweep([*tiny_overrides(synthetic_root, tmp_path / "alone"), *jobs, "lockstep=false"])
+    together = sweep([*tiny_overrides(synthetic_root, tmp_path / "together"), *jobs])
+    assert alone.returncode == 0 and together.returncode == 0, together.stdout[-3000:] + together.stderr[-3000:]
+    assert together.stdout.count("3 jobs in lockstep") == 2 and "jobs in lockstep" not in alone.stdout
+    apart, joint = runs(tmp_path / "alone"), runs(tmp_path / "together")
+    assert len(apart) == 6 and apart.keys() == joint.keys()
+    for job, folder in apart.items():
+        mine, theirs = json.loads((folder / "results.json").read_text()), json.loads((joint[job] / "results.json").read_text())
+        assert theirs["status"] == mine["status"] == "completed"
+        assert theirs["config"]["settings_hash"] == mine["config"]["settings_hash"], "lockstep is not a setting"
+        # the same computation from the same seeds and random states, in the same process: the same numbers
+        assert theirs["val"] == mine["val"] and theirs["test"] == mine["test"] and theirs["best_epoch"] == mine["best_epoch"], job
+        assert [e["train_loss"] for e in epochs(joint[job])] == [e["train_loss"] for e in epochs(folder)], job
+        best, best_alone = (torch.load(f / "checkpoints" / "best.pt", weights_only=True) for f in (joint[job], folder))
+        for key, tensor in best_alone["model"]["decoder"].items():
+            assert torch.equal(best["model"]["decoder"][key], tensor), (job, key)
+        log = (joint[job] / "train.log").read_text()  # each head logs its own epochs, once each
+        assert log.count("Run folder ") == 1 and log.count("train loss") == 3 and log.count("Test (best epoch") == 1
+
+
+def test_a_failing_head_sends_its_group_back_to_jobs_one_by_one(synthetic_root: Path, tmp_path: Path) -> None:
+    weights = tiny_weights_file(tmp_path / "mae.pth")
+    # seg_linear takes no channels: its job stops when its decoder is built, the FCN job completes
+    args = [*tiny_overrides(synthetic_root, tmp_path / "wd", decoder="seg_linear"), "mode=frozen", f"encoder.encoder_weights={weights}",
+            "decoder=seg_fcn,seg_linear", "++decoder.channels=16", "task.trainer.n_epochs=1"]
+    first = sweep(args)
+    assert first.returncode == 1 and "lockstep group failed" in first.stdout
+    assert "1 job(s) failed" in first.stdout and "decoder=seg_linear" in first.stdout.split("1 job(s) failed")[1]
+    status = {job: json.loads((folder / "results.json").read_text())["status"] for job, folder in runs(tmp_path / "wd").items()}
+    assert status == {("seg_fcn", 0): "completed", ("seg_linear", 0): "failed"}
+    again = sweep(args)
+    assert again.returncode == 1 and again.stdout.count("skip ") == 1
