@@ -69,10 +69,12 @@ DEFERRED: list[Job] = []
 
 
 def can_defer(cfg: DictConfig) -> bool:
-    """A job that may share its encoder: one process, frozen encoder, no Weights & Biases run to share."""
-    sweeper = str(HydraConfig.get().sweeper.get("_target_", ""))
+    """A job that may share its encoder: run in this process (basic sweeper and launcher, one process per
+    job), frozen encoder, no Weights & Biases run to share."""
+    hydra_cfg = HydraConfig.get()
+    plain = "BasicSweeper" in str(hydra_cfg.sweeper.get("_target_", "")) and "BasicLauncher" in str(hydra_cfg.launcher.get("_target_", ""))
     return (
-        bool(cfg.lockstep) and "BasicSweeper" in sweeper and not cfg.isolate and int(cfg.nproc_per_node) == 1
+        bool(cfg.lockstep) and plain and not cfg.isolate and int(cfg.nproc_per_node) == 1
         and resolve_mode(cfg.mode, cfg.finetune) == "frozen" and not cfg.use_wandb
     )
 
