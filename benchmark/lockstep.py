@@ -32,7 +32,9 @@ from benchmark.engine.precision import peak_memory_mb
 from benchmark.models.segmentor import resolve_mode
 from benchmark.pipeline import build_trainer, hydra_choices
 from benchmark.results import Cost, RunConfig, completed_result, completed_results, write_results
-from benchmark.rundir import choose_run_dir, package_versions, save_config, setup_logging, summary
+from benchmark.rundir import (
+    LOG_DATE_FORMAT, LOG_FORMAT, choose_run_dir, package_versions, save_config, setup_logging, summary,
+)
 
 log = logging.getLogger("benchmark.sweep")
 
@@ -136,7 +138,7 @@ def run_group(jobs: list[Job]) -> list[Job]:
         return alone + [head.job for head in heads]
     log.info("%d jobs in lockstep on one encoder pass: %s", len(heads), "; ".join(h.job.name for h in heads))
     try:
-        with head_logs(ctx, heads) as focus:
+        with head_logs(heads) as focus:
             fit_and_test_heads(heads, ctx, started, focus)
     except Exception:
         log.exception("lockstep group failed: its jobs run one by one (finished epochs are resumed)")
@@ -217,11 +219,27 @@ class OneHead(logging.Filter):
         return ACTIVE[0] in (None, self.index)
 
 
+class HeadLabel(logging.Filter):
+    """Names the head (its decoder) in the console lines of its work."""
+
+    def __init__(self, names: list[str]) -> None:
+        super().__init__()
+        self.names = names
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.head = "" if ACTIVE[0] is None else f"[{self.names[ACTIVE[0]]}]"
+        return True
+
+
 @contextlib.contextmanager
-def head_logs(ctx: DistContext, heads: list[Head]) -> Iterator[Callable[[int], Any]]:
+def head_logs(heads: list[Head]) -> Iterator[Callable[[int], Any]]:
     """A ``train.log`` per head; yields ``focus(i)``, the context in which log records are head ``i``'s."""
     root = logging.getLogger()
-    formatter = root.handlers[0].formatter if root.handlers else None
+    console = root.handlers[0]  # setup_logging's; its lines name the head
+    formatter = console.formatter
+    label = HeadLabel([head.choices.get("decoder", str(index)) for index, head in enumerate(heads)])
+    console.addFilter(label)
+    console.setFormatter(logging.Formatter(LOG_FORMAT.replace("] %(message)s", "]%(head)s %(message)s"), LOG_DATE_FORMAT))
     files = []
     for index, head in enumerate(heads):
         handler = logging.FileHandler(head.run_dir / "train.log", mode="a")
@@ -241,6 +259,8 @@ def head_logs(ctx: DistContext, heads: list[Head]) -> Iterator[Callable[[int], A
     try:
         yield focus
     finally:
+        console.removeFilter(label)
+        console.setFormatter(formatter)
         for handler in files:
             root.removeHandler(handler)
             handler.close()

@@ -119,13 +119,17 @@ def _decide(cfg: DictConfig, choices: dict[str, str], mode: str) -> tuple[str, b
     return str(path), bool(cfg.resume and has_checkpoint)
 
 
+LOG_FORMAT = "[%(asctime)s][%(levelname)s][%(name)s] %(message)s"
+LOG_DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+
 def setup_logging(ctx: DistContext, log_file: Path | None) -> None:
     """Rank 0 logs INFO to the console and ``log_file``; other ranks only errors."""
     root = logging.getLogger()
     for handler in list(root.handlers):  # closed too: a sweep's process runs job after job
         root.removeHandler(handler)
         handler.close()
-    formatter = logging.Formatter("[%(asctime)s][%(levelname)s][%(name)s] %(message)s", "%Y-%m-%d %H:%M:%S")
+    formatter = logging.Formatter(LOG_FORMAT, LOG_DATE_FORMAT)
     console = logging.StreamHandler(sys.stdout)
     console.setFormatter(formatter)
     console.setLevel(logging.INFO if ctx.is_main else logging.ERROR)
