@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import tempfile
 from pathlib import Path
@@ -155,6 +156,27 @@ def _pairing_problems(cfg: DictConfig) -> list[str]:
     ]
 
 
+def _unknown_setting_problems(cfg: DictConfig, group: str) -> list[str]:
+    """Keys of ``cfg.<group>`` that its class's constructor does not take (e.g. ``decoder.channels`` left by an
+    experiment for a decoder without channels), which would stop the run when the model is built."""
+    settings = OmegaConf.select(cfg, group)
+    try:
+        built = get_class(str(settings.get("_target_"))) if settings is not None else None
+    except (ImportError, ValueError):  # a target that does not import is reported when the model is built
+        return []
+    if built is None:
+        return []
+    parameters = inspect.signature(built.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return []
+    taken = [name for name in parameters if name != "self"]
+    return [
+        f"{group}.{key}={settings[key]!r}: {built.__name__} has no setting {key!r} (it takes {', '.join(taken)}); "
+        f"drop it with ~{group}.{key}"
+        for key in settings if not str(key).startswith("_") and key not in parameters
+    ]
+
+
 def _frames_problems(cfg: DictConfig) -> list[str]:
     """``dataset.multi_temporal`` agrees with the frames per sample of the dataset class (its ``frames``), and
     the encoder reads one frame at a time or all of them (``encoder.num_frames``)."""
@@ -214,6 +236,7 @@ def config_problems(cfg: DictConfig, check_work_dir: bool = True) -> list[str]:
     problems += _weights_problems(cfg)
     problems += _mode_setting_problems(cfg)
     problems += _pairing_problems(cfg)
+    problems += _unknown_setting_problems(cfg, "decoder")
     problems += _frames_problems(cfg)
     problems += _subset_problems(cfg)
     problems += pangaea_problems(cfg)

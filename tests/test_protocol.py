@@ -72,3 +72,16 @@ def test_bad_config_values_are_all_reported_before_any_work(synthetic_root: Path
     with pytest.raises(ConfigError, match="must be an integer >= 1"):
         check_config(cfg)
     assert config_problems(compose_run(synthetic_root, tmp_path / "wd")) == []
+
+
+def test_a_decoder_setting_its_decoder_does_not_take_is_reported_with_the_fix(synthetic_root: Path, tmp_path: Path) -> None:
+    def composed(*overrides: str) -> DictConfig:
+        with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+            return compose("train", overrides=[*tiny_overrides(synthetic_root, tmp_path, decoder="seg_linear"), *overrides])
+
+    # as experiment=quickstart (decoder.channels=64) followed by decoder=seg_linear leaves it: no channels there
+    assert config_problems(composed("+decoder.channels=64")) == [
+        "decoder.channels=64: LinearProbe has no setting 'channels' (it takes in_dims, num_classes, batch_norm); "
+        "drop it with ~decoder.channels"
+    ]
+    assert config_problems(composed()) == []
