@@ -153,9 +153,19 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+# Files a saved run is reloaded from (``test``, ``predict``, tuning's final run): absolute in ``config.yaml``,
+# so that they are found from any working folder.
+SAVED_PATHS = ("dataset.root_path", "encoder.encoder_weights")
+
+
 def save_config(cfg: DictConfig, choices: dict[str, str], mode: str, run_dir: Path) -> None:
     """``config.yaml``: the resolved config plus the chosen config groups and effective mode."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    for key in SAVED_PATHS:
+        group, _, name = key.partition(".")
+        value = resolved.get(group, {}).get(name)
+        if isinstance(value, str) and value and "://" not in value:
+            resolved[group][name] = str(Path(value).expanduser().absolute())
     resolved["mode"] = mode
     resolved["choices"] = choices
     OmegaConf.save(OmegaConf.create(resolved), run_dir / "config.yaml")

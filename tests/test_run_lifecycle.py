@@ -14,11 +14,13 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from benchmark import builders, failures, pipeline
 from benchmark.distributed import DistContext, all_gather_object, process_seed
 from benchmark.engine.checkpoint import load_checkpoint, seed_everything
 from benchmark.engine.trainer import Trainer
+from benchmark.rundir import save_config
 from conftest import only_run_dir, run_benchmark, tiny_overrides
 from test_protocol import CPU, compose_run
 
@@ -176,3 +178,14 @@ def test_a_sigterm_while_rank_0_reports_a_failure_does_not_cut_the_report_short(
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["status"] == "failed"
     assert results["error"] == "PeerFailedError: rank 1 failed first: RuntimeError: disk quota exceeded on rank 1"
+
+
+def test_saved_config_names_data_and_weights_by_absolute_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run started with relative paths can be tested, mapped or tuned again from another folder."""
+    monkeypatch.chdir(tmp_path)
+    cfg = OmegaConf.create({"dataset": {"root_path": "data/hls"}, "encoder": {"encoder_weights": "weights/dofa.pth"}})
+    save_config(cfg, {"dataset": "hlsburnscars"}, "frozen", tmp_path)
+    saved = OmegaConf.load(tmp_path / "config.yaml")
+    assert saved.dataset.root_path == str(tmp_path / "data" / "hls")
+    assert saved.encoder.encoder_weights == str(tmp_path / "weights" / "dofa.pth")
+    assert cfg.dataset.root_path == "data/hls", "the run itself keeps what it was given"
