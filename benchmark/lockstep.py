@@ -4,11 +4,10 @@
 :func:`defer`, then :func:`run_deferred` groups them: jobs whose configs are equal but for ``decoder``
 build the data and the encoder once and train their decoders together
 (:mod:`benchmark.engine.heads`); every job still gets its own run folder, ``train.log``, checkpoints
-and ``results.json``, with the metrics it gets when run alone. A job left alone in its group, one that
-resumes an interrupted run, and every job of a group that failed run one by one as before (a failed
-group's finished checkpoints are resumed, so the job that failed is recorded as failed and the
-others complete).
-"""
+and ``results.json``, with the metrics it gets when run alone. Interrupted jobs that stopped after the
+same epoch resume together. A job left alone, and every job of a group that failed, run one by one as
+before (a failed group's finished epochs are resumed, so the job that failed is recorded as failed and
+the others complete)."""
 
 from __future__ import annotations
 
@@ -27,8 +26,9 @@ from benchmark import builders, compat
 from benchmark.config_checks import check_config
 from benchmark.distributed import DistContext, init_distributed, process_seed
 from benchmark.engine.checkpoint import load_checkpoint, restore_rng_state, rng_state, seed_everything
-from benchmark.engine.heads import fit_in_lockstep
+from benchmark.engine.heads import HeadRandomState, fit_in_lockstep
 from benchmark.engine.precision import peak_memory_mb
+from benchmark.engine.trainer import Trainer
 from benchmark.models.segmentor import resolve_mode
 from benchmark.pipeline import build_trainer, hydra_choices
 from benchmark.results import Cost, RunConfig, completed_result, completed_results, write_results
@@ -64,6 +64,7 @@ class Head:
     cfg: DictConfig  # the job's config with PANGAEA's spellings applied
     choices: dict[str, str]
     run_dir: Path
+    last_epoch: int  # after which epoch its run stopped (0-based); -1: a new run
     summary: RunConfig | None = None  # what results.json says of the job's config (made while it is composed)
 
 
@@ -113,7 +114,6 @@ def run_deferred(run_alone: Callable[[Job], bool]) -> list[str]:
 
 def run_group(jobs: list[Job]) -> list[Job]:
     """Train the jobs of one group as heads; returns the jobs still to run alone."""
-    started = time.time()
     ctx = init_distributed(jobs[0].cfg.device)
     setup_logging(ctx, None)
     heads, alone = [], []
@@ -130,20 +130,42 @@ def run_group(jobs: list[Job]) -> list[Job]:
             continue
         if cfg.resume and completed_results(folder) is not None:
             log.info("skip %s: completed in %s", job.name, folder)
-        elif resuming:
-            alone.append(job)
         else:
-            heads.append(Head(job, cfg, choices, folder))
-    if len(heads) < 2:
-        return alone + [head.job for head in heads]
-    log.info("%d jobs in lockstep on one encoder pass: %s", len(heads), "; ".join(h.job.name for h in heads))
-    try:
-        with head_logs(heads) as focus:
-            fit_and_test_heads(heads, ctx, started, focus)
-    except Exception:
-        log.exception("lockstep group failed: its jobs run one by one (finished epochs are resumed)")
-        return alone + [head.job for head in heads]
+            heads.append(Head(job, cfg, choices, folder, saved_epoch(folder) if resuming else -1))
+    for start in sorted({head.last_epoch for head in heads}):  # heads resume together from the same epoch
+        together = [head for head in heads if head.last_epoch == start]
+        if len(together) < 2:
+            alone += [head.job for head in together]
+            continue
+        log.info("%d jobs in lockstep on one encoder pass%s: %s", len(together),
+                 f", resumed after epoch {start + 1}" if start >= 0 else "", "; ".join(h.job.name for h in together))
+        try:
+            with head_logs(together) as focus:
+                fit_and_test_heads(together, ctx, time.time(), focus)
+        except Exception:
+            log.exception("lockstep group failed: its jobs run one by one (finished epochs are resumed)")
+            alone += [head.job for head in together]
     return alone
+
+
+def start_heads(heads: list[Head], trainers: list[Trainer], focus: Callable[[int], Any]) -> list[HeadRandomState]:
+    """Start each trainer afresh or resume it from its ``last.pt``, as its run alone would after seeding the
+    process; returns each head's random state from there."""
+    seeded, states = rng_state(), []
+    for index, (head, trainer) in enumerate(zip(heads, trainers)):
+        restore_rng_state(seeded)
+        with focus(index):
+            if head.last_epoch >= 0:  # its checkpoint holds its random state too
+                trainer.resume(head.run_dir / "checkpoints" / "last.pt", trusted=head.cfg.trusted_pickle_files)
+            else:
+                trainer.start_afresh()
+        states.append(HeadRandomState())
+    return states
+
+
+def saved_epoch(run_dir: Path) -> int:
+    """The epoch (0-based) after which ``run_dir``'s ``last.pt`` was written."""
+    return int(load_checkpoint(run_dir / "checkpoints" / "last.pt")["epoch"])
 
 
 def fit_and_test_heads(heads: list[Head], ctx: DistContext, started: float, focus: Callable[[int], Any]) -> None:
@@ -174,9 +196,7 @@ def fit_and_test_heads(heads: list[Head], ctx: DistContext, started: float, focu
         build_trainer(h.cfg, ctx, h.run_dir, model, train_loader, evaluators["val"], None) for h, model in zip(heads, models)
     ]
     seed_everything(process_seed(int(lead.seed), ctx.rank))
-    for trainer in trainers:
-        trainer.start_afresh()
-    fit_in_lockstep(trainers, evaluators["val"], focus)
+    fit_in_lockstep(trainers, start_heads(heads, trainers, focus), evaluators["val"], focus)
     best = [load_checkpoint(h.run_dir / "checkpoints" / "best.pt", trusted=lead.trusted_pickle_files) for h in heads]
     for model, checkpoint in zip(models, best):
         model.load_trainable_state_dict(checkpoint["model"])

@@ -45,19 +45,21 @@ class HeadRandomState:
             restore_rng_state(outside)
 
 
-def fit_in_lockstep(trainers: Sequence[Trainer], evaluator: Evaluator, focus: Focus | None = None) -> None:
-    """Train ``trainers`` (one frozen encoder, one training loader; started afresh after the process was
-    seeded as a run is) to their ``n_epochs``, validating them together on ``evaluator``.
+def fit_in_lockstep(
+    trainers: Sequence[Trainer], states: Sequence[HeadRandomState], evaluator: Evaluator, focus: Focus | None = None
+) -> None:
+    """Train ``trainers`` (one frozen encoder, one training loader, all started afresh or resumed after the
+    same epoch; ``states[i]``: head ``i``'s random state from there) to their ``n_epochs``, validating
+    them together on ``evaluator``.
 
     ``focus(i)``: a context entered around the work of head ``i`` (e.g. routing its log lines).
     """
     lead = trainers[0]
     apart = [t for t in trainers if t.train_loader is not lead.train_loader or t.model.encoder is not lead.model.encoder]
-    if apart or any(t.model.encoder_trains or t.start_epoch for t in trainers):
-        raise ValueError("lockstep heads share one frozen encoder and one loader, and start at epoch 1")
+    if apart or any(t.model.encoder_trains or t.start_epoch != lead.start_epoch for t in trainers):
+        raise ValueError("lockstep heads share one frozen encoder and one loader, and start at the same epoch")
     focus = focus or (lambda index: contextlib.nullcontext())
-    states = [HeadRandomState() for _ in trainers]
-    for epoch in range(lead.n_epochs):
+    for epoch in range(lead.start_epoch, lead.n_epochs):
         losses = train_epoch(trainers, states, epoch, focus)
         metrics: list[dict[str, Any] | None] = [None] * len(trainers)
         seconds = 0.0
