@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from benchmark.data.loaders import EpochShuffleSampler, ShardSampler
+from benchmark.data.loaders import EpochShuffleSampler, ShardSampler, make_loader
 from benchmark.distributed import DistContext
 from benchmark.data.windows import window_starts
 from benchmark.engine.evaluator import Evaluator, sliding_window_logits
@@ -101,3 +101,17 @@ def test_evaluator_restores_train_mode_and_counts_pixels() -> None:
     assert model.training
     assert metrics["pixels"] == sum(int((s["target"] != -1).sum()) for s in samples)
     assert 0.0 <= metrics["mIoU"] <= 1.0
+
+
+def test_starting_an_epoch_or_an_evaluation_draws_nothing_from_the_global_generator() -> None:
+    """Otherwise how often a run is evaluated would shift the dropout masks of its training."""
+    data = torch.utils.data.TensorDataset(torch.arange(6.0))
+    loader = make_loader(data, ShardSampler(6, 0, 1), batch_size=2, num_workers=0, pin_memory=False)
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    for _ in range(3):
+        assert len(list(loader)) == 3
+    assert torch.equal(torch.get_rng_state(), before)
+    plain = DataLoader(data, batch_size=2)  # what the loaders did before: each epoch drew a worker seed
+    list(plain)
+    assert not torch.equal(torch.get_rng_state(), before)
