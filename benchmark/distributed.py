@@ -10,10 +10,11 @@ the next collective call.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -78,8 +79,24 @@ def init_distributed(device: str = "auto") -> DistContext:
     return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=chosen)
 
 
+KEPT = [False]  # True while the processes run job after job in one process group (benchmark.torchrun_jobs)
+
+
+@contextlib.contextmanager
+def process_group_kept() -> Iterator[None]:
+    """Within it, :func:`shutdown` keeps the process group for the next job of the same processes; it is
+    destroyed at the end."""
+    KEPT[0] = True
+    try:
+        yield
+    finally:
+        KEPT[0] = False
+        shutdown()
+
+
 def shutdown() -> None:
-    if dist.is_initialized():
+    """End the process group at the end of a job (unless :func:`process_group_kept`)."""
+    if dist.is_initialized() and not KEPT[0]:
         dist.destroy_process_group()
 
 

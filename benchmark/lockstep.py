@@ -27,11 +27,10 @@ from benchmark.config_checks import check_config
 from benchmark.distributed import DistContext, init_distributed, process_seed
 from benchmark.engine.checkpoint import load_checkpoint, restore_rng_state, rng_state, seed_everything
 from benchmark.engine.heads import HeadRandomState, fit_in_lockstep
-from benchmark.engine.precision import peak_memory_mb
 from benchmark.engine.trainer import Trainer
 from benchmark.models.segmentor import resolve_mode
-from benchmark.pipeline import build_trainer, hydra_choices
-from benchmark.results import Cost, RunConfig, completed_result, completed_results, write_results
+from benchmark.pipeline import build_trainer, hydra_choices, run_cost
+from benchmark.results import RunConfig, completed_result, completed_results, write_results
 from benchmark.rundir import (
     LOG_DATE_FORMAT, LOG_FORMAT, choose_run_dir, package_versions, save_config, setup_logging, summary,
 )
@@ -71,13 +70,18 @@ class Head:
 DEFERRED: list[Job] = []
 
 
-def can_defer(cfg: DictConfig) -> bool:
-    """A job that may share its encoder: run in this process (basic sweeper and launcher, one process per
-    job), frozen encoder, no Weights & Biases run to share."""
+def jobs_may_wait() -> bool:
+    """The sweep's jobs are launched from this process, one after another, and nothing needs a job's score
+    before the sweep ends (basic sweeper and launcher): a job may be queued and run later."""
     hydra_cfg = HydraConfig.get()
-    plain = "BasicSweeper" in str(hydra_cfg.sweeper.get("_target_", "")) and "BasicLauncher" in str(hydra_cfg.launcher.get("_target_", ""))
+    return "BasicSweeper" in str(hydra_cfg.sweeper.get("_target_", "")) and "BasicLauncher" in str(hydra_cfg.launcher.get("_target_", ""))
+
+
+def can_defer(cfg: DictConfig) -> bool:
+    """A job that may share its encoder: it may wait (:func:`jobs_may_wait`) and runs in this process (one
+    process per job), frozen encoder, no Weights & Biases run to share."""
     return (
-        bool(cfg.lockstep) and plain and not cfg.isolate and int(cfg.nproc_per_node) == 1
+        bool(cfg.lockstep) and jobs_may_wait() and not cfg.isolate and int(cfg.nproc_per_node) == 1
         and resolve_mode(cfg.mode, cfg.finetune) == "frozen" and not cfg.use_wandb
     )
 
@@ -204,17 +208,8 @@ def fit_and_test_heads(heads: list[Head], ctx: DistContext, started: float, focu
     tests = evaluators["test"].evaluate_heads(models, desc="test")
     test_seconds = (time.perf_counter() - test_started) / len(heads)
     for index, (head, model, trainer, checkpoint, metrics) in enumerate(zip(heads, models, trainers, best, tests)):
-        cost = Cost(
-            **model.parameter_counts(),
-            wall_time_s=(time.time() - started) / len(heads),
-            train_time_s=trainer.train_seconds,
-            epoch_time_s=trainer.train_seconds / trainer.n_epochs,
-            train_images_per_s=trainer.train_images / max(trainer.train_seconds, 1e-9),
-            val_time_s=trainer.eval_seconds,
-            test_time_s=test_seconds,
-            feature_cache_time_s=features.seconds / len(heads) if features is not None else 0.0,
-            peak_memory_mb=peak_memory_mb(ctx.device),
-        )
+        cost = run_cost(trainer, model.parameter_counts(), wall_s=(time.time() - started) / len(heads), test_s=test_seconds,
+                        cache_s=features.seconds / len(heads) if features is not None else 0.0, device=ctx.device)
         result = completed_result(
             head.run_dir, head.summary, best_epoch=checkpoint["epoch"] + 1,
             val=trainer.best_val_metrics, test=metrics, cost=cost, versions=package_versions(),

@@ -114,17 +114,8 @@ def fit_and_test(
             trainer.start_afresh()
         best_val = trainer.fit()
         best_epoch, test_metrics, test_seconds = evaluate_best_checkpoint(cfg, run_dir, model, evaluators["test"])
-        cost = Cost(
-            **counts,
-            wall_time_s=time.time() - started,
-            train_time_s=trainer.train_seconds,
-            epoch_time_s=trainer.train_seconds / trainer.n_epochs,
-            train_images_per_s=trainer.train_images / max(trainer.train_seconds, 1e-9),
-            val_time_s=trainer.eval_seconds,
-            test_time_s=test_seconds,
-            feature_cache_time_s=features.seconds if features is not None else 0.0,
-            peak_memory_mb=peak_memory_mb(ctx.device),
-        )
+        cost = run_cost(trainer, counts, wall_s=time.time() - started, test_s=test_seconds,
+                        cache_s=features.seconds if features is not None else 0.0, device=ctx.device)
         result = completed_result(
             run_dir, summary(cfg, choices, mode, ctx), best_epoch=best_epoch, val=best_val, test=test_metrics,
             cost=cost, versions=package_versions(),
@@ -138,6 +129,22 @@ def fit_and_test(
     finally:
         if wandb_run is not None:
             wandb_run.finish()
+
+
+def run_cost(trainer: Trainer, counts: dict[str, int], *, wall_s: float, test_s: float, cache_s: float, device: Any) -> Cost:
+    """What a run cost: its parameter ``counts``, the trainer's time and images, and the given wall, test and
+    feature-cache seconds (a lockstep head's share of them)."""
+    return Cost(
+        **counts,
+        wall_time_s=wall_s,
+        train_time_s=trainer.train_seconds,
+        epoch_time_s=trainer.train_seconds / trainer.n_epochs,
+        train_images_per_s=trainer.train_images / max(trainer.train_seconds, 1e-9),
+        val_time_s=trainer.eval_seconds,
+        test_time_s=test_s,
+        feature_cache_time_s=cache_s,
+        peak_memory_mb=peak_memory_mb(device),
+    )
 
 
 def evaluate_best_checkpoint(cfg: DictConfig, run_dir: Path, model: Any, evaluator: Any) -> tuple[int, dict[str, Any], float]:

@@ -4,11 +4,13 @@ one after another with ``--jobs FILE`` (one line of overrides per sweep).
 Hydra expands the sweep exactly as ``benchmark/run.py -m`` does (comma lists on the command line and
 an experiment's ``hydra.sweeper.params``). Jobs of one process (``nproc_per_node=1``) run in the
 sweep's own process, one after another: imports and start-up are paid once, and every job still gets
-its own run folder, seeds, logs, checkpoints and ``results.json`` (:func:`run_in_process`). With
-``isolate=true``, or several processes per job, each job runs in fresh processes as
-``torchrun --standalone --nproc_per_node=N benchmark/run.py <job overrides> resume=true`` (plain
-``python`` when N=1). Frozen-encoder jobs of one process that differ only in the decoder are queued and,
-once every sweep of the process is expanded, trained together as lockstep heads on one encoder pass
+its own run folder, seeds, logs, checkpoints and ``results.json`` (:func:`run_in_process`). Jobs of
+several processes are queued and run one after another in one ``torchrun --standalone
+--nproc_per_node=N`` launch (:mod:`benchmark.torchrun_jobs`). With ``isolate=true`` each job runs in fresh
+processes as ``torchrun --standalone --nproc_per_node=N benchmark/run.py <job overrides> resume=true``
+(plain ``python`` when N=1), as do jobs of several processes under other launchers or sweepers.
+Frozen-encoder jobs of one process that differ only in the decoder are queued and, once every sweep of
+the process is expanded, trained together as lockstep heads on one encoder pass
 (:mod:`benchmark.lockstep`; ``lockstep=false`` runs them one by one). Jobs run one after another with Hydra's basic launcher, side by side with
 ``hydra/launcher=local_parallel`` and as Slurm jobs with ``hydra/launcher=slurm``. A job whose run
 already completed is skipped without starting anything, so running the same sweep again finishes
@@ -32,7 +34,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from benchmark import CONFIG_DIR, lockstep
+from benchmark import CONFIG_DIR, lockstep, torchrun_jobs
 from benchmark.models.segmentor import resolve_mode
 from benchmark.pipeline import hydra_choices, train
 from benchmark.results import completed_results
@@ -105,6 +107,10 @@ def run_job(cfg: DictConfig) -> float:
     if lockstep.can_defer(cfg):
         log.info("queue %s: jobs that differ only in the decoder train as lockstep heads", " ".join(overrides))
         lockstep.defer(job_config(cfg), " ".join(overrides))
+        return math.nan
+    if not cfg.isolate and int(cfg.nproc_per_node) > 1 and lockstep.jobs_may_wait():
+        log.info("queue %s: jobs of %d processes run in one torchrun launch", " ".join(overrides), cfg.nproc_per_node)
+        torchrun_jobs.defer(int(cfg.nproc_per_node), job_config(cfg), " ".join(overrides))
         return math.nan
     if cfg.isolate or int(cfg.nproc_per_node) > 1:
         command = job_command(overrides, int(cfg.nproc_per_node))
@@ -186,6 +192,7 @@ def main() -> None:
             sweep(args)
     finally:  # the queued jobs of every sweep of the process, so that jobs of different lines share too
         FAILED.extend(lockstep.run_deferred(lambda job: run_in_process(job.cfg)))
+        FAILED.extend(torchrun_jobs.run_queued())
     if FAILED:
         log.error("%d job(s) failed: %s", len(FAILED), "; ".join(FAILED))
         sys.exit(1)

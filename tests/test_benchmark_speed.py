@@ -66,7 +66,7 @@ def test_per_decoder_table_averages_seeds_and_takes_the_median_over_repeats() ->
     assert table[3] == "| seg_upernet | 60 | 30 | 2.00x | 3 | 2 | 1.50x |"
 
 
-@pytest.mark.slow
+@pytest.mark.acceptance  # three whole sweeps (about 40 s); the metric identity it checks is also in test_lockstep.py
 def test_the_sweep_comparison_runs_all_variants_and_finds_the_same_metrics(synthetic_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     weights = tiny_weights_file(tmp_path / "mae.pth")
     overrides = [o for o in tiny_overrides(synthetic_root, tmp_path / "unused") if not o.startswith(("work_dir=", "decoder", "mode="))]

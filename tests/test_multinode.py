@@ -16,8 +16,6 @@ import torch
 from benchmark.distributed import select_device
 from conftest import REPO, only_run_dir, run_benchmark, tiny_overrides
 
-pytestmark = pytest.mark.slow
-
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -30,6 +28,8 @@ def node_command(args: list[str], port: int) -> list[str]:
             f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=geofm-two-nodes", str(REPO / "benchmark" / "run.py"), *args]
 
 
+@pytest.mark.slow
+@pytest.mark.acceptance  # three torchrun launches: with the acceptance runs
 def test_two_nodes_of_one_process_match_one_node_of_two(synthetic_root: Path, tmp_path: Path) -> None:
     args = [*tiny_overrides(synthetic_root, tmp_path / "unused"), "decoder=seg_fcn", "task.trainer.n_epochs=2"]
     run_benchmark([*args, f"work_dir={tmp_path / 'one_node'}"], nproc=2)

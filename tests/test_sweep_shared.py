@@ -69,3 +69,24 @@ def test_a_failing_job_is_recorded_and_the_others_complete_and_a_rerun_skips_the
     again = sweep(args)
     assert again.returncode == 1 and again.stdout.count("skip ") == 2 and again.stdout.count("(in this process)") == 2
     assert len(list((tmp_path / "wd").glob("*/results.json"))) == 4, "the failed jobs ran again in their folders"
+
+
+def test_jobs_of_two_processes_share_one_torchrun_launch_and_a_failing_one_starts_a_new_launch(synthetic_root: Path, tmp_path: Path) -> None:
+    # batch_size=64 leaves fewer than one batch per process: that job fails at start-up, on both processes
+    jobs = ["decoder=seg_fcn", "batch_size=64,4", "seed=1", "task.trainer.n_epochs=2", "nproc_per_node=2"]
+    shared = sweep([*tiny_overrides(synthetic_root, tmp_path / "shared"), *jobs])
+    isolated = sweep([*tiny_overrides(synthetic_root, tmp_path / "isolated"), *jobs[:1], "batch_size=4", *jobs[2:],
+                      "isolate=true"])
+    assert isolated.returncode == 0, isolated.stdout[-3000:] + isolated.stderr[-3000:]
+    assert shared.returncode == 1 and "1 job(s) failed" in shared.stdout, shared.stdout[-3000:] + shared.stderr[-3000:]
+    assert "batch_size=64" in shared.stdout.split("1 job(s) failed")[1]
+    # one launch for both jobs; the failing first one ends it, and the job after it runs in a second launch
+    assert shared.stdout.count("-m benchmark.torchrun_jobs") == 2
+    assert "run 2 job(s) in one launch" in shared.stdout and "run 1 job(s) in one launch" in shared.stdout
+    runs = results(tmp_path / "shared")
+    assert {job: r["status"] for job, r in runs.items()} == {("seg_fcn", 1, 64): "failed", ("seg_fcn", 1, 4): "completed"}
+    assert "fewer than one batch" in runs[("seg_fcn", 1, 64)]["error"]
+    # the same computation from the same seeds, on two processes each time: the same numbers
+    together, alone = runs[("seg_fcn", 1, 4)], results(tmp_path / "isolated")[("seg_fcn", 1, 4)]
+    assert together["config"]["world_size"] == alone["config"]["world_size"] == 2
+    assert together["test"] == alone["test"] and together["val"] == alone["val"]

@@ -15,7 +15,7 @@ from test_baselines import TINY_UNET
 from test_pipeline import tiny_weights_file
 from test_report import table
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.acceptance]  # the whole study script: with the acceptance runs
 
 
 def test_the_study_script_runs_every_combination_and_the_baseline_then_reports(synthetic_root: Path, tmp_path: Path) -> None:
