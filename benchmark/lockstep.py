@@ -74,7 +74,9 @@ def jobs_may_wait() -> bool:
     """The sweep's jobs are launched from this process, one after another, and nothing needs a job's score
     before the sweep ends (basic sweeper and launcher): a job may be queued and run later."""
     hydra_cfg = HydraConfig.get()
-    return "BasicSweeper" in str(hydra_cfg.sweeper.get("_target_", "")) and "BasicLauncher" in str(hydra_cfg.launcher.get("_target_", ""))
+    sweeper = str(hydra_cfg.sweeper.get("_target_", ""))
+    basic = "JobFileSweeper" in sweeper or "BasicSweeper" in sweeper
+    return basic and "BasicLauncher" in str(hydra_cfg.launcher.get("_target_", ""))
 
 
 def can_defer(cfg: DictConfig) -> bool:

@@ -28,7 +28,7 @@ class RunDirError(RuntimeError):
 
 
 # The keys of configs/sweep.yaml that benchmark/run.py does not know: how python -m benchmark.sweep runs jobs.
-SWEEP_DRIVER_KEYS = ("nproc_per_node", "isolate", "lockstep")
+SWEEP_DRIVER_KEYS = ("nproc_per_node", "isolate", "lockstep", "dry_run")
 # Overrides that say where or how a run executes, not what it computes: they do not make a new job.
 # So do the PANGAEA keys this benchmark ignores (benchmark.compat), e.g. dataset.distribution=[0.9,0.1].
 EXECUTION_KEYS = frozenset({

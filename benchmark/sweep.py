@@ -101,6 +101,9 @@ def run_job(cfg: DictConfig) -> float:
     log_to_console()  # again here: parallel and Slurm launchers run jobs in other processes
     overrides = run_overrides(list(HydraConfig.get().overrides.task))
     done = completed_run(cfg) if "resume=true" in overrides or cfg.resume else None
+    if cfg.dry_run:
+        log.info("job %s: %s", " ".join(overrides), f"completed in {done}" if done is not None else "to run")
+        return math.nan
     if done is not None:
         log.info("skip %s: completed in %s", " ".join(overrides), done)
         return validation_score(cfg, done)
@@ -163,14 +166,6 @@ def log_to_console() -> None:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s", stream=sys.stdout)
 
 
-def read_job_file(path: Path) -> list[list[str]]:
-    """The sweeps of a job file: one line of overrides each (comma lists allowed); ``#`` starts a comment."""
-    if not path.is_file():
-        raise SystemExit(f"--jobs {path}: no such file (one line of overrides per sweep)")
-    lines = [line.split("#", 1)[0].split() for line in path.read_text().splitlines()]
-    return [line for line in lines if line]
-
-
 def sweep(args: list[str]) -> None:
     """Run one Hydra multirun over ``args`` in this process (``-m`` implied)."""
     sys.argv = [sys.argv[0], *(args if any(arg in MODE_FLAGS for arg in args) else ["--multirun", *args])]
@@ -181,18 +176,23 @@ def sweep(args: list[str]) -> None:
 def main() -> None:
     """Console entry point: ``python -m benchmark.sweep [overrides]`` (always a multirun), or ``python -m
     benchmark.sweep --jobs FILE [overrides]``: each line of FILE a sweep of its own (its overrides after the
-    shared ones), all in this process, e.g. decoders that each need their own settings."""
+    shared ones), all in one sweep, e.g. decoders that each need their own settings
+    (``hydra_plugins/geofm_bench/job_file_sweeper.py``)."""
     log_to_console()
     args = sys.argv[1:]
-    try:
-        if args[:1] == ["--jobs"] and len(args) > 1:
-            for line in read_job_file(Path(args[1])):
-                sweep([*args[2:], *line])
-        else:
-            sweep(args)
-    finally:  # the queued jobs of every sweep of the process, so that jobs of different lines share too
-        FAILED.extend(lockstep.run_deferred(lambda job: run_in_process(job.cfg)))
-        FAILED.extend(torchrun_jobs.run_queued())
+    if args[:1] == ["--jobs"] and len(args) > 1:
+        if not Path(args[1]).is_file():
+            raise SystemExit(f"--jobs {args[1]}: no such file (one line of overrides per sweep)")
+        if any(arg.startswith("hydra/sweeper=") for arg in args):
+            raise SystemExit("--jobs runs with the sweep's own sweeper (configs/hydra/sweeper/job_file.yaml): "
+                             "drop hydra/sweeper=..., or run each line as a sweep of its own")
+        sweep([*args[2:], f"hydra.sweeper.job_file={Path(args[1]).resolve()}"])
+    else:
+        sweep(args)
+    # The queued jobs, once every job of the sweep (of every line of a job file) was composed and checked:
+    # jobs of different lines share a lockstep group or a torchrun launch too.
+    FAILED.extend(lockstep.run_deferred(lambda job: run_in_process(job.cfg)))
+    FAILED.extend(torchrun_jobs.run_queued())
     if FAILED:
         log.error("%d job(s) failed: %s", len(FAILED), "; ".join(FAILED))
         sys.exit(1)

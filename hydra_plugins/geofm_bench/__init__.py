@@ -1,0 +1,1 @@
+"""geofm-bench's Hydra plugins (Hydra finds plugins in the ``hydra_plugins`` namespace only)."""

@@ -1,0 +1,62 @@
+"""The sweeper of ``python -m benchmark.sweep`` (hydra_plugins/geofm_bench/job_file_sweeper.py): a job file's
+lines expanded with their own experiment's lists, every job checked before the first runs, and each job's
+config composed once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from conftest import tiny_overrides
+from hydra_plugins.geofm_bench.job_file_sweeper import ComposedOnce
+from test_sweep_shared import sweep
+
+
+def shared_overrides(synthetic_root: Path, work_dir: Path) -> list[str]:
+    return [o for o in tiny_overrides(synthetic_root, work_dir) if not o.startswith("decoder")]
+
+
+def test_each_line_of_a_job_file_is_a_sweep_with_its_own_experiment_lists(synthetic_root: Path, tmp_path: Path) -> None:
+    jobs = tmp_path / "jobs.txt"
+    jobs.write_text("decoder=seg_fcn seed=4,5   # a comment\n\n# a line of comment only\n"
+                    "experiment=decoders decoder=seg_linear\n")
+    listed = sweep(["--jobs", str(jobs), *shared_overrides(synthetic_root, tmp_path / "wd"), "dry_run=true"])
+    assert listed.returncode == 0, listed.stdout[-3000:] + listed.stderr[-3000:]
+    assert "Launching 5 jobs" in listed.stdout  # one batch for both lines
+    to_run = [line.split("job ", 1)[1] for line in listed.stdout.splitlines() if line.endswith(": to run")]
+    # the command line's lists, then experiment=decoders' seeds (0,1,2) with the line's decoder
+    assert [(o.split("decoder=")[1].split()[0], o.split("seed=")[1].split()[0]) for o in to_run] == [
+        ("seg_fcn", "4"), ("seg_fcn", "5"), ("seg_linear", "0"), ("seg_linear", "1"), ("seg_linear", "2")]
+    assert not list((tmp_path / "wd").glob("*/config.yaml")), "a dry run runs nothing"
+
+
+def test_a_mistake_on_the_last_line_stops_the_sweep_before_any_job_runs(synthetic_root: Path, tmp_path: Path) -> None:
+    jobs = tmp_path / "jobs.txt"
+    jobs.write_text("decoder=seg_fcn\ndecoder=seg_fcnn\n")
+    failed = sweep(["--jobs", str(jobs), *shared_overrides(synthetic_root, tmp_path / "wd")])
+    assert failed.returncode != 0 and "seg_fcnn" in failed.stdout + failed.stderr
+    assert "Launching" not in failed.stdout and not list((tmp_path / "wd").glob("*/config.yaml"))
+    jobs.write_text("decoder=seg_fcn hydra/launcher=local_parallel\n")
+    refused = sweep(["--jobs", str(jobs), *shared_overrides(synthetic_root, tmp_path / "wd")])
+    assert refused.returncode != 0 and "give them on the command line" in refused.stdout + refused.stderr
+
+
+class CountingLoader:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def load_sweep_config(self, master_config: object, sweep_overrides: list[str]) -> object:
+        self.calls += 1
+        return OmegaConf.create({"overrides": list(sweep_overrides), "call": self.calls})
+
+    def get_search_path(self) -> str:
+        return "search path"
+
+
+def test_the_launcher_gets_the_config_the_sweeper_checked_once_then_a_new_one() -> None:
+    loader = CountingLoader()
+    once = ComposedOnce(loader)  # type: ignore[arg-type]
+    checked = once.load_sweep_config(None, ["seed=1"])  # type: ignore[arg-type]
+    assert once.load_sweep_config(None, ["seed=1"]) is checked and loader.calls == 1  # type: ignore[arg-type]
+    assert once.load_sweep_config(None, ["seed=1"]).call == 2 and once.get_search_path() == "search path"  # type: ignore[arg-type]
