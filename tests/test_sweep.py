@@ -130,6 +130,8 @@ def test_launcher_configs_compose() -> None:
     assert slurm._target_.endswith("SlurmLauncher") and (slurm.tasks_per_node, slurm.gpus_per_node) == (1, 4)
     local = compose_sweep(["hydra/launcher=local_parallel"], config_name="sweep").hydra.launcher
     assert local._target_.endswith("JoblibLauncher") and local.n_jobs == 2
+    ray = compose_sweep(["hydra/launcher=ray_cluster", "nproc_per_node=4"], config_name="sweep").hydra.launcher
+    assert ray._target_.endswith("RayLauncher") and ray.ray.remote.num_gpus == 4 and ray.ray.init.address == "auto"
 
 
 def test_driver_skips_a_job_only_when_its_results_json_reads_as_completed(tmp_path: Path) -> None:

@@ -90,3 +90,13 @@ def test_jobs_of_two_processes_share_one_torchrun_launch_and_a_failing_one_start
     together, alone = runs[("seg_fcn", 1, 4)], results(tmp_path / "isolated")[("seg_fcn", 1, 4)]
     assert together["config"]["world_size"] == alone["config"]["world_size"] == 2
     assert together["test"] == alone["test"] and together["val"] == alone["val"]
+
+
+@pytest.mark.acceptance  # Ray's start-up: with the acceptance runs
+def test_a_sweep_on_the_ray_launcher_in_local_mode_completes_its_jobs(synthetic_root: Path, tmp_path: Path) -> None:
+    ray = ["hydra/launcher=ray_cluster", "hydra.launcher.ray.init.address=null", "+hydra.launcher.ray.init.local_mode=true",
+           "hydra.launcher.ray.remote.num_gpus=0"]
+    done = sweep([*tiny_overrides(synthetic_root, tmp_path / "wd"), "decoder=seg_fcn", "seed=0,1", "task.trainer.n_epochs=1", *ray])
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "Ray Launcher is launching 2 jobs" in done.stdout + done.stderr
+    assert {(job[1], r["status"]) for job, r in results(tmp_path / "wd").items()} == {(0, "completed"), (1, "completed")}
