@@ -9,7 +9,8 @@
 #    fused AdamW; it must learn (test mIoU above the majority class's);
 # 3. the saved run tested again (test ckpt_dir=...) and one scene mapped (bf16 windows);
 # 4. training images/s of a ViT-B/16 + UPerNet at 224 px, frozen and unfrozen, fp32 vs bf16 vs bf16 +
-#    torch.compile (scripts/benchmark_speed.py).
+#    torch.compile (scripts/benchmark_speed.py);
+# 5. the training loader alone on the same data, 0 and 8 workers (scripts/loader_speed.py): can it feed them?
 # Each step's log goes to the output folder; the script goes on after a failed step and exits 1 at the end.
 set -uo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -83,11 +84,18 @@ speed() {  # speed MODE
         task.trainer.n_epochs=3 task.trainer.eval_interval=3 "${SPEED_EXTRA[@]}"
 }
 
+loader() {  # the training loader alone on the speed data: can it feed the rates above?
+    "$PYTHON" scripts/loader_speed.py --workers 0 8 --epochs 2 -- cache=false dataset=synthetic_burnscars \
+        "dataset.root_path=$WORK/speed_data" dataset.img_size=224 "${SPEED_DATA[@]}" encoder=ssl4eo_mae_optical \
+        batch_size=32
+}
+
 step environment environment
 step quickstart_ddp quickstart_ddp
 TAIL=8 step test_and_predict test_and_predict
 TAIL=30 step speed_frozen speed frozen
 TAIL=30 step speed_unfrozen speed unfrozen
+TAIL=8 step loader loader
 if [ ${#failed[@]} -gt 0 ]; then
     echo "FAILED: ${failed[*]}"
     exit 1

@@ -81,3 +81,16 @@ def test_the_sweep_comparison_runs_all_variants_and_finds_the_same_metrics(synth
         assert len(list((tmp_path / "out").glob(f"repeat0_{variant}/*/results.json"))) == 2
     lockstep_log = next((tmp_path / "out").glob("repeat0_lockstep/*seg_fcn*/train.log")).read_text()
     assert "lockstep head 2 of 2" in lockstep_log, "the two frozen jobs shared the encoder pass"
+
+
+def test_the_loader_script_counts_every_training_batch_of_each_epoch(synthetic_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    script = importlib.util.spec_from_file_location("loader_speed", REPO / "scripts" / "loader_speed.py")
+    loader_speed = importlib.util.module_from_spec(script)
+    script.loader.exec_module(loader_speed)
+    overrides = [o for o in tiny_overrides(synthetic_root, tmp_path) if o != "num_workers=0"]
+    epochs = loader_speed.loader_epochs(overrides, workers=1, epochs=2)
+    # the full batches of 4 of the 18 training tiles (the last partial batch is dropped, as in training)
+    assert [images for images, _ in epochs] == [16, 16] and all(seconds > 0 for _, seconds in epochs)
+    loader_speed.main(["--workers", "0", "--epochs", "2", "--", *overrides])
+    table = capsys.readouterr().out.splitlines()
+    assert table[0] == "| workers | epoch 1 img/s | epoch 2 img/s |" and table[2].startswith("| 0 | ")
