@@ -6,10 +6,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
 from conftest import tiny_overrides
-from hydra_plugins.geofm_bench.job_file_sweeper import ComposedOnce
+from hydra_plugins.geofm_bench.job_file_sweeper import ComposedOnce, JobFileSweeper
 from test_sweep_shared import sweep
 
 
@@ -37,9 +39,12 @@ def test_a_mistake_on_the_last_line_stops_the_sweep_before_any_job_runs(syntheti
     failed = sweep(["--jobs", str(jobs), *shared_overrides(synthetic_root, tmp_path / "wd")])
     assert failed.returncode != 0 and "seg_fcnn" in failed.stdout + failed.stderr
     assert "Launching" not in failed.stdout and not list((tmp_path / "wd").glob("*/config.yaml"))
-    jobs.write_text("decoder=seg_fcn hydra/launcher=local_parallel\n")
-    refused = sweep(["--jobs", str(jobs), *shared_overrides(synthetic_root, tmp_path / "wd")])
-    assert refused.returncode != 0 and "give them on the command line" in refused.stdout + refused.stderr
+
+
+def test_hydra_options_on_a_line_of_a_job_file_are_refused(tmp_path: Path) -> None:
+    sweeper = JobFileSweeper(job_file=str(tmp_path / "jobs.txt"))
+    with pytest.raises(HydraException, match="hydra/launcher=local_parallel: Hydra's options apply to the whole sweep"):
+        sweeper.line_params(["decoder=seg_fcn", "hydra/launcher=local_parallel"], [])
 
 
 class CountingLoader:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,7 +21,7 @@ from rasterio.transform import from_origin
 from rasterio.windows import Window
 
 from benchmark.download import file_lock
-from conftest import SHARED_REAL, only_run_dir, run_benchmark, tiny_overrides
+from conftest import REPO, SHARED_REAL, only_run_dir, run_benchmark, tiny_overrides
 
 pytestmark = pytest.mark.slow
 
@@ -218,3 +220,25 @@ def test_embed_writes_the_encoder_features_on_the_patch_grid(hls_run: Path, tmp_
     assert features.shape == (32, 224 // 16, 224 // 16) and meta["crs"] == source["crs"]
     assert meta["transform"].a == 16 * source["transform"].a and meta["transform"].c == source["transform"].c
     assert np.isfinite(features).all() and features.std(axis=(1, 2)).mean() > 0
+
+
+STOPPED_BY_SIGTERM = """
+import os, runpy, signal, sys
+from benchmark.predict import products
+compute = products.ClassMap.run_windows
+def stopped(self, *args, **kwargs):  # torchrun stopping this rank while it maps (another rank failed)
+    os.kill(os.getpid(), signal.SIGTERM)
+    return compute(self, *args, **kwargs)
+products.ClassMap.run_windows = stopped
+sys.argv = ["benchmark/run.py", *sys.argv[1:]]
+runpy.run_path("benchmark/run.py", run_name="__main__")
+"""
+
+
+def test_a_map_stopped_by_sigterm_leaves_no_half_written_file(hls_run: Path, inputs: dict, tmp_path: Path) -> None:
+    stopped = subprocess.run(
+        [sys.executable, "-c", STOPPED_BY_SIGTERM, "--config-name=predict", f"ckpt_dir={hls_run}",
+         f"inputs={inputs['folder'] / 'whole.tif'}", f"output_dir={tmp_path / 'maps'}", "probabilities=true"],
+        cwd=REPO, env={**os.environ, "HYDRA_FULL_ERROR": "1"}, capture_output=True, text=True, timeout=300)
+    assert stopped.returncode != 0 and "TerminatedError" in stopped.stderr, stopped.stderr[-3000:]
+    assert [p.name for p in (tmp_path / "maps").iterdir()] == [], "no map, no staging file, no sidecar"

@@ -108,6 +108,7 @@ def test_driver_runs_new_jobs_under_torchrun_and_skips_finished_ones(work_dir: P
     result = subprocess.run(driver, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert result.stdout.count("skip ") == 1 and "random_s1" in result.stdout.split("skip ", 1)[1].splitlines()[0]
+    assert "run 1 job(s) in one launch" in result.stdout and "-m benchmark.torchrun_jobs" in result.stdout
     after = stamps(work_dir)
     assert {k: v for k, v in after.items() if k in before} == before
     new = [results_of(work_dir)[name] for name in set(after) - set(before)]

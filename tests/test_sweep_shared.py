@@ -71,6 +71,7 @@ def test_a_failing_job_is_recorded_and_the_others_complete_and_a_rerun_skips_the
     assert len(list((tmp_path / "wd").glob("*/results.json"))) == 4, "the failed jobs ran again in their folders"
 
 
+@pytest.mark.acceptance  # three torchrun launches (test_sweep.py runs one launch in the default suite)
 def test_jobs_of_two_processes_share_one_torchrun_launch_and_a_failing_one_starts_a_new_launch(synthetic_root: Path, tmp_path: Path) -> None:
     # batch_size=64 leaves fewer than one batch per process: that job fails at start-up, on both processes
     jobs = ["decoder=seg_fcn", "batch_size=64,4", "seed=1", "task.trainer.n_epochs=2", "nproc_per_node=2"]

@@ -32,6 +32,7 @@ def settings_of(folder: Path) -> dict[str, str]:
     return dict(s.split("=", 1) for s in results["config"]["settings"])
 
 
+@pytest.mark.acceptance  # a study of trials, then its repeats over seeds: with the acceptance runs
 def test_tune_on_validation_then_repeat_the_best_over_seeds_and_mark_it_tuned(synthetic_root: Path, tmp_path: Path) -> None:
     fixed = [o for o in tiny_overrides(synthetic_root, tmp_path / "tuning") if not o.startswith("optimizer.lr=")]
     python_m("benchmark.sweep", "hydra/sweeper=tune", "hydra.sweeper.n_trials=3", "task.trainer.n_epochs=1", *fixed)

@@ -18,6 +18,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from benchmark import failures
 from benchmark.atomic import write_json
 from benchmark.distributed import DistContext, all_gather_object, init_distributed, shutdown
 from benchmark.engine.precision import resolve_precision
@@ -142,9 +143,12 @@ def run(cfg: DictConfig, make_product: Any) -> list[Path]:
             "mode": run_cfg.mode, "choices": OmegaConf.to_container(run_cfg.get("choices", {})), "precision": precision,
             "versions": package_versions(),
         }
-        for scene, reader in zip(scenes, readers):
-            with reader, rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
-                map_scene(scene, reader, inputs, product, stride, cfg, ctx, about)
+        # Under torchrun, when one rank fails, torchrun stops the others with SIGTERM: raised as an error, it
+        # lets them drop their unfinished outputs (nothing half-written is left behind).
+        with failures.sigterm_raises():
+            for scene, reader in zip(scenes, readers):
+                with reader, rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+                    map_scene(scene, reader, inputs, product, stride, cfg, ctx, about)
     finally:
         shutdown()
     return [Path(cfg.output_dir) / f"{scene.name}.json" for scene in scenes]
