@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from benchmark import builders, compat
 from benchmark.config_checks import check_config
-from benchmark.distributed import DistContext, init_distributed, process_seed
+from benchmark.distributed import DistContext, barrier, init_distributed, process_seed
 from benchmark.engine.checkpoint import load_checkpoint, restore_rng_state, rng_state, seed_everything
 from benchmark.engine.heads import HeadRandomState, fit_in_lockstep
 from benchmark.engine.trainer import Trainer
@@ -79,13 +79,15 @@ def jobs_may_wait() -> bool:
     return basic and "BasicLauncher" in str(hydra_cfg.launcher.get("_target_", ""))
 
 
+def may_share_encoder(cfg: DictConfig) -> bool:
+    """``lockstep=true``, a frozen encoder and no Weights & Biases run (a run of its own per job)."""
+    return bool(cfg.lockstep) and resolve_mode(cfg.mode, cfg.finetune) == "frozen" and not cfg.use_wandb
+
+
 def can_defer(cfg: DictConfig) -> bool:
-    """A job that may share its encoder: it may wait (:func:`jobs_may_wait`) and runs in this process (one
-    process per job), frozen encoder, no Weights & Biases run to share."""
-    return (
-        bool(cfg.lockstep) and jobs_may_wait() and not cfg.isolate and int(cfg.nproc_per_node) == 1
-        and resolve_mode(cfg.mode, cfg.finetune) == "frozen" and not cfg.use_wandb
-    )
+    """A job to queue for a lockstep group of this process: it may share its encoder and wait
+    (:func:`jobs_may_wait`), and it runs in one process of its own otherwise."""
+    return may_share_encoder(cfg) and jobs_may_wait() and not cfg.isolate and int(cfg.nproc_per_node) == 1
 
 
 def defer(job_cfg: DictConfig, name: str) -> None:
@@ -118,8 +120,10 @@ def run_deferred(run_alone: Callable[[Job], bool]) -> list[str]:
     return failed
 
 
-def run_group(jobs: list[Job]) -> list[Job]:
-    """Train the jobs of one group as heads; returns the jobs still to run alone."""
+def run_group(jobs: list[Job], fall_back: bool = True) -> list[Job]:
+    """Train the jobs of one group as heads; returns the jobs still to run alone. A group that fails falls
+    back to its jobs one by one, or (``fall_back=False``: under torchrun, where the other ranks may be
+    waiting in a collective) raises."""
     ctx = init_distributed(jobs[0].cfg.device)
     setup_logging(ctx, None)
     heads, alone = [], []
@@ -146,9 +150,11 @@ def run_group(jobs: list[Job]) -> list[Job]:
         log.info("%d jobs in lockstep on one encoder pass%s: %s", len(together),
                  f", resumed after epoch {start + 1}" if start >= 0 else "", "; ".join(h.job.name for h in together))
         try:
-            with head_logs(together) as focus:
+            with head_logs(together, ctx.is_main) as focus:
                 fit_and_test_heads(together, ctx, time.time(), focus)
         except Exception:
+            if not fall_back:
+                raise
             log.exception("lockstep group failed: its jobs run one by one (finished epochs are resumed)")
             alone += [head.job for head in together]
     return alone
@@ -182,7 +188,8 @@ def fit_and_test_heads(heads: list[Head], ctx: DistContext, started: float, focu
         with focus(index), head.job.composed():
             log.info("Run folder %s (lockstep head %d of %d, mode=frozen)", head.run_dir, index + 1, len(heads))
             compat.log_pangaea_keys(head.cfg)
-            save_config(head.cfg, head.choices, "frozen", head.run_dir)
+            if ctx.is_main:
+                save_config(head.cfg, head.choices, "frozen", head.run_dir)
             head.summary = summary(head.cfg, head.choices, "frozen", ctx)
     seed_everything(int(lead.seed))
     datasets = builders.build_datasets(lead, ctx)
@@ -203,6 +210,7 @@ def fit_and_test_heads(heads: list[Head], ctx: DistContext, started: float, focu
     ]
     seed_everything(process_seed(int(lead.seed), ctx.rank))
     fit_in_lockstep(trainers, start_heads(heads, trainers, focus), evaluators["val"], focus)
+    barrier()  # rank 0 has written every best.pt
     best = [load_checkpoint(h.run_dir / "checkpoints" / "best.pt", trusted=lead.trusted_pickle_files) for h in heads]
     for model, checkpoint in zip(models, best):
         model.load_trainable_state_dict(checkpoint["model"])
@@ -218,8 +226,9 @@ def fit_and_test_heads(heads: list[Head], ctx: DistContext, started: float, focu
         )
         with focus(index):
             log.info("Test (best epoch %d): mIoU %.4f", checkpoint["epoch"] + 1, metrics["mIoU"])
-            write_results(head.run_dir, result)
-            log.info("Results written to %s", head.run_dir / "results.json")
+            if ctx.is_main:
+                write_results(head.run_dir, result)
+                log.info("Results written to %s", head.run_dir / "results.json")
 
 
 ACTIVE: list[int | None] = [None]  # the head whose work is under way; None: work shared by all
@@ -249,8 +258,9 @@ class HeadLabel(logging.Filter):
 
 
 @contextlib.contextmanager
-def head_logs(heads: list[Head]) -> Iterator[Callable[[int], Any]]:
-    """A ``train.log`` per head; yields ``focus(i)``, the context in which log records are head ``i``'s."""
+def head_logs(heads: list[Head], main: bool) -> Iterator[Callable[[int], Any]]:
+    """A ``train.log`` per head (written by the ``main`` process); yields ``focus(i)``, the context in which
+    log records are head ``i``'s."""
     root = logging.getLogger()
     console = root.handlers[0]  # setup_logging's; its lines name the head
     formatter = console.formatter
@@ -258,7 +268,7 @@ def head_logs(heads: list[Head]) -> Iterator[Callable[[int], Any]]:
     console.addFilter(label)
     console.setFormatter(logging.Formatter(LOG_FORMAT.replace("] %(message)s", "]%(head)s %(message)s"), LOG_DATE_FORMAT))
     files = []
-    for index, head in enumerate(heads):
+    for index, head in enumerate(heads if main else []):
         handler = logging.FileHandler(head.run_dir / "train.log", mode="a")
         handler.setFormatter(formatter)
         handler.addFilter(OneHead(index))

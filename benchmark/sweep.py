@@ -113,7 +113,7 @@ def run_job(cfg: DictConfig) -> float:
         return math.nan
     if not cfg.isolate and int(cfg.nproc_per_node) > 1 and lockstep.jobs_may_wait():
         log.info("queue %s: jobs of %d processes run in one torchrun launch", " ".join(overrides), cfg.nproc_per_node)
-        torchrun_jobs.defer(int(cfg.nproc_per_node), job_config(cfg), " ".join(overrides))
+        torchrun_jobs.defer(int(cfg.nproc_per_node), job_config(cfg), " ".join(overrides), lockstep.may_share_encoder(cfg))
         return math.nan
     if cfg.isolate or int(cfg.nproc_per_node) > 1:
         command = job_command(overrides, int(cfg.nproc_per_node))

@@ -11,7 +11,7 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
 from conftest import tiny_overrides
-from hydra_plugins.geofm_bench.job_file_sweeper import ComposedOnce, JobFileSweeper
+from hydra_plugins.geofm_bench.job_file_sweeper import ComposedOnce, check_line
 from test_sweep_shared import sweep
 
 
@@ -41,10 +41,10 @@ def test_a_mistake_on_the_last_line_stops_the_sweep_before_any_job_runs(syntheti
     assert "Launching" not in failed.stdout and not list((tmp_path / "wd").glob("*/config.yaml"))
 
 
-def test_hydra_options_on_a_line_of_a_job_file_are_refused(tmp_path: Path) -> None:
-    sweeper = JobFileSweeper(job_file=str(tmp_path / "jobs.txt"))
-    with pytest.raises(HydraException, match="hydra/launcher=local_parallel: Hydra's options apply to the whole sweep"):
-        sweeper.line_params(["decoder=seg_fcn", "hydra/launcher=local_parallel"], [])
+def test_hydra_options_on_a_line_of_a_job_file_are_refused() -> None:
+    check_line(["decoder=seg_fcn", "seed=0,1"], "jobs.txt")
+    with pytest.raises(HydraException, match="jobs.txt: hydra/launcher=local_parallel: Hydra's options apply to the whole"):
+        check_line(["decoder=seg_fcn", "hydra/launcher=local_parallel"], "jobs.txt")
 
 
 class CountingLoader:

@@ -88,3 +88,39 @@ def test_interrupted_heads_resume_together_and_end_as_uninterrupted(synthetic_ro
         resumed = json.loads((folder / "results.json").read_text())
         assert resumed["val"] == straight[job]["val"] and resumed["test"] == straight[job]["test"], job
         assert [e["epoch"] for e in epochs(folder)] == [1, 2, 3], "epochs after the checkpoint were logged once"
+
+
+@pytest.mark.acceptance  # two torchrun launches: with the acceptance runs
+def test_heads_in_lockstep_in_a_torchrun_launch_give_the_results_of_their_jobs_run_alone(synthetic_root: Path, tmp_path: Path) -> None:
+    weights = tiny_weights_file(tmp_path / "mae.pth")
+    jobs = ["mode=frozen", f"encoder.encoder_weights={weights}", "decoder=seg_fcn,seg_upernet", "task.trainer.n_epochs=2",
+            "nproc_per_node=2"]
+    alone = sweep([*tiny_overrides(synthetic_root, tmp_path / "alone"), *jobs, "lockstep=false"])
+    together = sweep([*tiny_overrides(synthetic_root, tmp_path / "together"), *jobs])
+    assert alone.returncode == 0 and together.returncode == 0, together.stdout[-3000:] + together.stderr[-3000:]
+    assert together.stdout.count("2 jobs in lockstep") == 1 and "jobs in lockstep" not in alone.stdout
+    assert together.stdout.count("-m benchmark.torchrun_jobs") == alone.stdout.count("-m benchmark.torchrun_jobs") == 1
+    apart, joint = runs(tmp_path / "alone"), runs(tmp_path / "together")
+    assert len(apart) == 2 and apart.keys() == joint.keys()
+    for job, folder in apart.items():
+        mine, theirs = json.loads((folder / "results.json").read_text()), json.loads((joint[job] / "results.json").read_text())
+        assert theirs["status"] == mine["status"] == "completed" and theirs["config"]["world_size"] == 2
+        # the same computation on the same two processes, from the same seeds and random states: the same numbers
+        assert theirs["val"] == mine["val"] and theirs["test"] == mine["test"], job
+        assert [e["train_loss"] for e in epochs(joint[job])] == [e["train_loss"] for e in epochs(folder)], job
+        log = (joint[job] / "train.log").read_text()  # written once (rank 0), its own epochs only
+        assert log.count("Run folder ") == 1 and log.count("train loss") == 2
+
+
+@pytest.mark.acceptance  # two torchrun launches: with the acceptance runs
+def test_a_failing_group_in_a_torchrun_launch_runs_its_jobs_alone_in_a_new_launch(synthetic_root: Path, tmp_path: Path) -> None:
+    weights = tiny_weights_file(tmp_path / "mae.pth")
+    # UPerNet's pooling BatchNorm cannot train on one sample per process: its job stops once its decoder is built
+    args = [*tiny_overrides(synthetic_root, tmp_path / "wd"), "mode=frozen", f"encoder.encoder_weights={weights}",
+            "decoder=seg_fcn,seg_upernet", "batch_size=1", "task.trainer.n_epochs=1", "nproc_per_node=2"]
+    first = sweep(args)
+    assert first.returncode == 1 and "a lockstep group failed: its jobs run one by one" in first.stdout
+    assert "run 2 job(s) in one launch" in first.stdout and first.stdout.count("-m benchmark.torchrun_jobs") == 2
+    assert "1 job(s) failed" in first.stdout and "decoder=seg_upernet" in first.stdout.split("1 job(s) failed")[1]
+    found = {job: json.loads((folder / "results.json").read_text()) for job, folder in runs(tmp_path / "wd").items()}
+    assert {job: r["status"] for job, r in found.items()} == {("seg_fcn", 0): "completed", ("seg_upernet", 0): "failed"}

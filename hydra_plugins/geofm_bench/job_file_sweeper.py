@@ -34,6 +34,14 @@ def read_job_file(path: Path) -> list[list[str]]:
     return [line for line in lines if line]
 
 
+def check_line(line: Sequence[str], job_file: str) -> None:
+    """Refuse Hydra's own options on a line: they apply to the whole sweep (its launcher, its sweeper)."""
+    hydra_keys = [o for o in line if o.lstrip("+~").startswith("hydra")]
+    if hydra_keys:
+        raise HydraException(f"{job_file}: {' '.join(hydra_keys)}: Hydra's options apply to the whole sweep; "
+                             "give them on the command line, not on a line of the job file")
+
+
 class ComposedOnce:
     """A config loader that hands the launcher the configs the sweeper composed to check them."""
 
@@ -84,10 +92,7 @@ class JobFileSweeper(BasicSweeper):
         """``hydra.sweeper.params`` of a line's sweep: its experiment's own lists, say."""
         if not line:
             return dict(self.params)
-        hydra_keys = [o for o in line if o.lstrip("+~").startswith("hydra")]
-        if hydra_keys:
-            raise HydraException(f"{self.job_file}: {' '.join(hydra_keys)}: Hydra's options apply to the whole "
-                                 "sweep; give them on the command line, not on a line of the job file")
+        check_line(line, str(self.job_file))
         assert self.hydra_context is not None and self.config is not None
         hydra_overrides = OmegaConf.to_container(self.config.hydra.overrides.hydra)
         line_config = self.hydra_context.config_loader.load_configuration(
