@@ -93,38 +93,59 @@ def validation_score(cfg: DictConfig, run_dir: Path | None) -> float:
     return float(result.val[cfg.task.trainer.best_metric_key])
 
 
+def job_route(cfg: DictConfig) -> str:
+    """How the sweep runs a job: ``lockstep`` (queued for lockstep heads in this process), ``launch`` (queued
+    for one torchrun launch of the sweep's multi-process jobs), ``fresh`` (in processes of its own, now) or
+    ``here`` (in this process, now)."""
+    if lockstep.can_defer(cfg):
+        return "lockstep"
+    if not cfg.isolate and int(cfg.nproc_per_node) > 1 and lockstep.jobs_may_wait():
+        return "launch"
+    return "fresh" if cfg.isolate or int(cfg.nproc_per_node) > 1 else "here"
+
+
+ROUTES = {  # how a dry run says it
+    "lockstep": "as a lockstep head, with the jobs that differ only in the decoder",
+    "launch": "in one torchrun launch with the sweep's other jobs of as many processes",
+    "fresh": "in processes of its own",
+    "here": "in the sweep's process",
+}
+
+
 @hydra.main(config_path=CONFIG_DIR, config_name="sweep", version_base="1.3")
 def run_job(cfg: DictConfig) -> float:
-    """One job of the sweep: skip it if it completed, else run it (in this process or in fresh ones).
-    Returns its :func:`validation_score` (the objective of ``hydra/sweeper=tune``; the basic sweeper
-    ignores it), NaN for a job that failed."""
+    """One job of the sweep: skip it if it completed, else run it or queue it (:func:`job_route`). Returns its
+    :func:`validation_score` (the objective of ``hydra/sweeper=tune``; the basic sweeper ignores it), NaN
+    for a job that failed or waits in a queue."""
     log_to_console()  # again here: parallel and Slurm launchers run jobs in other processes
     overrides = run_overrides(list(HydraConfig.get().overrides.task))
+    name = " ".join(overrides)
     done = completed_run(cfg) if "resume=true" in overrides or cfg.resume else None
+    route = job_route(cfg)
     if cfg.dry_run:
-        log.info("job %s: %s", " ".join(overrides), f"completed in {done}" if done is not None else "to run")
+        log.info("job %s: %s", name, f"completed in {done}" if done is not None else f"to run {ROUTES[route]}")
         return math.nan
     if done is not None:
-        log.info("skip %s: completed in %s", " ".join(overrides), done)
+        log.info("skip %s: completed in %s", name, done)
         return validation_score(cfg, done)
-    if lockstep.can_defer(cfg):
-        log.info("queue %s: jobs that differ only in the decoder train as lockstep heads", " ".join(overrides))
-        lockstep.defer(job_config(cfg), " ".join(overrides))
+    if route == "lockstep":
+        log.info("queue %s: jobs that differ only in the decoder train as lockstep heads", name)
+        lockstep.defer(job_config(cfg), name)
         return math.nan
-    if not cfg.isolate and int(cfg.nproc_per_node) > 1 and lockstep.jobs_may_wait():
-        log.info("queue %s: jobs of %d processes run in one torchrun launch", " ".join(overrides), cfg.nproc_per_node)
-        torchrun_jobs.defer(int(cfg.nproc_per_node), job_config(cfg), " ".join(overrides), lockstep.may_share_encoder(cfg))
+    if route == "launch":
+        log.info("queue %s: jobs of %d processes run in one torchrun launch", name, cfg.nproc_per_node)
+        torchrun_jobs.defer(int(cfg.nproc_per_node), job_config(cfg), name, lockstep.may_share_encoder(cfg))
         return math.nan
-    if cfg.isolate or int(cfg.nproc_per_node) > 1:
+    if route == "fresh":
         command = job_command(overrides, int(cfg.nproc_per_node))
         log.info("run %s", " ".join(command))
         failed = subprocess.run(command).returncode != 0
     else:
-        log.info("run %s (in this process)", " ".join(overrides))
+        log.info("run %s (in this process)", name)
         failed = not run_in_process(job_config(cfg))
     if failed:
-        FAILED.append(" ".join(overrides))
-        log.error("job %s failed: its run folder holds the error; the sweep goes on", " ".join(overrides))
+        FAILED.append(name)
+        log.error("job %s failed: its run folder holds the error; the sweep goes on", name)
         return math.nan
     return validation_score(cfg, completed_run(cfg))
 

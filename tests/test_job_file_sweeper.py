@@ -26,7 +26,7 @@ def test_each_line_of_a_job_file_is_a_sweep_with_its_own_experiment_lists(synthe
     listed = sweep(["--jobs", str(jobs), *shared_overrides(synthetic_root, tmp_path / "wd"), "dry_run=true"])
     assert listed.returncode == 0, listed.stdout[-3000:] + listed.stderr[-3000:]
     assert "Launching 5 jobs" in listed.stdout  # one batch for both lines
-    to_run = [line.split("job ", 1)[1] for line in listed.stdout.splitlines() if line.endswith(": to run")]
+    to_run = [line.split("job ", 1)[1] for line in listed.stdout.splitlines() if line.endswith(": to run in the sweep's process")]
     # the command line's lists, then experiment=decoders' seeds (0,1,2) with the line's decoder
     assert [(o.split("decoder=")[1].split()[0], o.split("seed=")[1].split()[0]) for o in to_run] == [
         ("seg_fcn", "4"), ("seg_fcn", "5"), ("seg_linear", "0"), ("seg_linear", "1"), ("seg_linear", "2")]

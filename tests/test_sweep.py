@@ -20,7 +20,8 @@ from omegaconf import OmegaConf
 
 from benchmark.report import write_report
 from benchmark.results import Cost, ResultsError, RunConfig, RunResult, completed_result, failed_result, read_results, write_results
-from benchmark.sweep import completed_run
+from benchmark import lockstep
+from benchmark.sweep import completed_run, job_route
 from conftest import REPO, run_benchmark, tiny_overrides
 from release_layouts import build_encoder, write_release_file
 
@@ -149,3 +150,16 @@ def test_driver_skips_a_job_only_when_its_results_json_reads_as_completed(tmp_pa
     (tmp_path / "results.json").write_text(json.dumps({**done.to_dict(), "best_epoch": "one"}))
     with pytest.raises(ResultsError, match=f"{tmp_path / 'results.json'} .*best_epoch"):
         completed_run(cfg)
+
+
+def test_each_job_goes_the_route_its_settings_and_the_launcher_allow(monkeypatch: pytest.MonkeyPatch) -> None:
+    frozen = {"lockstep": True, "mode": "frozen", "finetune": None, "use_wandb": False, "isolate": False, "nproc_per_node": 1}
+    monkeypatch.setattr(lockstep, "jobs_may_wait", lambda: True)  # the basic sweeper and launcher
+    assert job_route(OmegaConf.create(frozen)) == "lockstep"
+    assert job_route(OmegaConf.create({**frozen, "lockstep": False})) == "here"
+    assert job_route(OmegaConf.create({**frozen, "mode": "unfrozen"})) == "here"
+    assert job_route(OmegaConf.create({**frozen, "nproc_per_node": 2})) == "launch"
+    assert job_route(OmegaConf.create({**frozen, "nproc_per_node": 2, "isolate": True})) == "fresh"
+    monkeypatch.setattr(lockstep, "jobs_may_wait", lambda: False)  # e.g. hydra/launcher=slurm or a tuning sweeper
+    assert job_route(OmegaConf.create(frozen)) == "here"
+    assert job_route(OmegaConf.create({**frozen, "nproc_per_node": 2})) == "fresh"
