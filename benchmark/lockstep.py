@@ -84,14 +84,13 @@ def may_share_encoder(cfg: DictConfig) -> bool:
     return bool(cfg.lockstep) and resolve_mode(cfg.mode, cfg.finetune) == "frozen" and not cfg.use_wandb
 
 
-def can_defer(cfg: DictConfig) -> bool:
-    """A job to queue for a lockstep group of this process: it may share its encoder and wait
-    (:func:`jobs_may_wait`), and it runs in one process of its own otherwise."""
-    return may_share_encoder(cfg) and jobs_may_wait() and not cfg.isolate and int(cfg.nproc_per_node) == 1
+def composed_job(job_cfg: DictConfig, name: str) -> Job:
+    """The job Hydra is composing now (its config as ``benchmark/run.py`` gets it), kept to run later."""
+    return Job(job_cfg, copy.deepcopy(HydraConfig.instance().cfg), name)
 
 
 def defer(job_cfg: DictConfig, name: str) -> None:
-    DEFERRED.append(Job(job_cfg, copy.deepcopy(HydraConfig.instance().cfg), name))
+    DEFERRED.append(composed_job(job_cfg, name))
 
 
 def group_key(job: Job) -> str:

@@ -32,6 +32,7 @@ import hydra
 import torch
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from omegaconf import DictConfig, open_dict
 
 from benchmark import CONFIG_DIR, lockstep, torchrun_jobs
@@ -39,6 +40,7 @@ from benchmark.models.segmentor import resolve_mode
 from benchmark.pipeline import hydra_choices, train
 from benchmark.results import completed_results
 from benchmark.rundir import SWEEP_DRIVER_KEYS, find_resumable, run_stem, setting_overrides
+from hydra_plugins.geofm_bench.job_file_sweeper import read_job_file
 
 log = logging.getLogger("benchmark.sweep")  # also when run as __main__
 
@@ -97,11 +99,13 @@ def job_route(cfg: DictConfig) -> str:
     """How the sweep runs a job: ``lockstep`` (queued for lockstep heads in this process), ``launch`` (queued
     for one torchrun launch of the sweep's multi-process jobs), ``fresh`` (in processes of its own, now) or
     ``here`` (in this process, now)."""
-    if lockstep.can_defer(cfg):
+    nproc = int(cfg.nproc_per_node)
+    may_wait = lockstep.jobs_may_wait() and not cfg.isolate
+    if may_wait and nproc == 1 and lockstep.may_share_encoder(cfg):
         return "lockstep"
-    if not cfg.isolate and int(cfg.nproc_per_node) > 1 and lockstep.jobs_may_wait():
+    if may_wait and nproc > 1:
         return "launch"
-    return "fresh" if cfg.isolate or int(cfg.nproc_per_node) > 1 else "here"
+    return "fresh" if cfg.isolate or nproc > 1 else "here"
 
 
 ROUTES = {  # how a dry run says it
@@ -202,8 +206,10 @@ def main() -> None:
     log_to_console()
     args = sys.argv[1:]
     if args[:1] == ["--jobs"] and len(args) > 1:
-        if not Path(args[1]).is_file():
-            raise SystemExit(f"--jobs {args[1]}: no such file (one line of overrides per sweep)")
+        try:  # read here too, before Hydra starts: a missing file is reported without a traceback
+            read_job_file(Path(args[1]))
+        except HydraException as error:
+            raise SystemExit(str(error)) from None
         if any(arg.startswith("hydra/sweeper=") for arg in args):
             raise SystemExit("--jobs runs with the sweep's own sweeper (configs/hydra/sweeper/job_file.yaml): "
                              "drop hydra/sweeper=..., or run each line as a sweep of its own")

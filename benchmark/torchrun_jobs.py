@@ -14,7 +14,6 @@ launch of its own), a failed group's jobs run alone in the next launch, and the 
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import subprocess
@@ -23,12 +22,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from benchmark.atomic import write_json
 from benchmark.distributed import init_distributed, process_group_kept
-from benchmark.lockstep import Job, group_key, run_group
+from benchmark.lockstep import Job, composed_job, group_key, run_group
 from benchmark.rundir import setup_logging
 
 log = logging.getLogger("benchmark.sweep")
@@ -45,8 +43,7 @@ class Queued:
 
 def defer(nproc: int, job_cfg: DictConfig, name: str, shares_encoder: bool) -> None:
     """Queue a job (its config as ``benchmark/run.py`` gets it) for a launch of ``nproc`` processes."""
-    job = Job(job_cfg, copy.deepcopy(HydraConfig.instance().cfg), name)
-    QUEUED.setdefault((nproc, str(job_cfg.device)), []).append(Queued(job, shares_encoder))
+    QUEUED.setdefault((nproc, str(job_cfg.device)), []).append(Queued(composed_job(job_cfg, name), shares_encoder))
 
 
 def run_queued() -> list[str]:

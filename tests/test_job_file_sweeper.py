@@ -11,7 +11,7 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
 from conftest import tiny_overrides
-from hydra_plugins.geofm_bench.job_file_sweeper import ComposedOnce, check_line
+from hydra_plugins.geofm_bench.job_file_sweeper import ComposedOnce, check_line, read_job_file
 from test_sweep_shared import sweep
 
 
@@ -39,6 +39,11 @@ def test_a_mistake_on_the_last_line_stops_the_sweep_before_any_job_runs(syntheti
     failed = sweep(["--jobs", str(jobs), *shared_overrides(synthetic_root, tmp_path / "wd")])
     assert failed.returncode != 0 and "seg_fcnn" in failed.stdout + failed.stderr
     assert "Launching" not in failed.stdout and not list((tmp_path / "wd").glob("*/config.yaml"))
+
+
+def test_a_missing_job_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(HydraException, match=f"--jobs {tmp_path / 'jobs.txt'}: no such file"):
+        read_job_file(tmp_path / "jobs.txt")
 
 
 def test_hydra_options_on_a_line_of_a_job_file_are_refused() -> None:

@@ -134,6 +134,8 @@ def test_launcher_configs_compose() -> None:
     assert local._target_.endswith("JoblibLauncher") and local.n_jobs == 2
     ray = compose_sweep(["hydra/launcher=ray_cluster", "nproc_per_node=4"], config_name="sweep").hydra.launcher
     assert ray._target_.endswith("RayLauncher") and ray.ray.remote.num_gpus == 4 and ray.ray.init.address == "auto"
+    alone = compose_sweep(["hydra/launcher=ray_cluster"], config_name="train").hydra.launcher  # benchmark/run.py -m
+    assert alone.ray.remote.num_gpus == 1
 
 
 def test_driver_skips_a_job_only_when_its_results_json_reads_as_completed(tmp_path: Path) -> None:

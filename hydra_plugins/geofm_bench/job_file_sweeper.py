@@ -101,15 +101,16 @@ class JobFileSweeper(BasicSweeper):
         return dict(line_config.hydra.sweeper.params or {})
 
     def run_batches(self) -> list[Sequence[Any]]:
-        """Hydra's basic sweep over ``self.overrides``: each batch checked (composed), then launched."""
+        """Hydra's basic sweep over ``self.overrides``, every batch checked (composed) before the first is
+        launched (``max_batch_size`` only sizes the launches)."""
         assert self.config is not None and self.launcher is not None
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        returns, first = [], 0
-        while not self.is_done():
-            batch = self.get_job_batch()
+        for batch in self.overrides:
             self.validate_batch_is_legal(batch)
+        returns, first = [], 0
+        for batch in self.overrides:
             results = self.launcher.launch(batch, initial_job_idx=first)
             for result in results:
                 _ = result.return_value  # raises the job's error, as Hydra's basic sweeper does
