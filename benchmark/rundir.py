@@ -20,7 +20,7 @@ from benchmark.results import CHOICE_GROUPS, RunConfig, settings_hash
 
 log = logging.getLogger(__name__)
 
-PACKAGES = ("geofm-bench", "torch", "torchvision", "timm", "hydra-core", "numpy", "rasterio")
+PACKAGES = ("geofm-bench", "torch", "hydra-core", "numpy", "rasterio")
 
 
 class RunDirError(RuntimeError):

@@ -7,12 +7,12 @@ import logging
 from typing import Sequence
 
 import torch
-from timm.layers import DropPath, Mlp
 from torch import nn
 
 from benchmark.models.decoders.blocks import ConvNormAct, resize
 from benchmark.models.decoders.neck import FeaturePyramidNeck, pyramid_dims, pyramid_inputs
 from benchmark.models.decoders.skip_attention import SkipAttentionBlock
+from benchmark.models.layers import Mlp, drop_path_or_identity
 
 __all__ = ["MUSTER", "MusterStage", "ResidualMlp", "SkipAttentionBlock", "clip_heads"]
 
@@ -31,7 +31,7 @@ class ResidualMlp(nn.Module):
     def __init__(self, dim: int, hidden: int, drop_path: float) -> None:
         super().__init__()
         self.mlp = Mlp(dim, hidden, dim)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path = drop_path_or_identity(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.drop_path(self.mlp(x))

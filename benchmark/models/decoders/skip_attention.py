@@ -7,15 +7,29 @@ import math
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, Mlp, trunc_normal_
-from timm.models.swin_transformer import window_partition, window_reverse
 from torch import nn
+
+from benchmark.models.layers import Mlp, drop_path_or_identity, trunc_normal_
 
 # Masked attention logits. Swin uses -100, whose softmax weights (about exp(-100) = 4e-44) are subnormal
 # floats: every product with them then takes the CPU's slow path (MUSTER training ran 10x slower on some
 # feature grids). -inf gives exact zeros; no row is all masked, since a query (padding included) always
 # shares its own label.
 MASKED = float("-inf")
+
+
+def window_partition(x: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
+    """(B, H, W, C) -> (B * H/wh * W/ww, wh, ww, C): the windows of each map, row-major."""
+    b, h, w, c = x.shape
+    x = x.view(b, h // window[0], window[0], w // window[1], window[1], c)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window[0], window[1], c)
+
+
+def window_reverse(windows: torch.Tensor, window: tuple[int, int], h: int, w: int) -> torch.Tensor:
+    """Inverse of :func:`window_partition`: (B * H/wh * W/ww, wh, ww, C) -> (B, H, W, C)."""
+    c = windows.shape[-1]
+    x = windows.view(-1, h // window[0], w // window[1], window[0], window[1], c)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, h, w, c)
 
 
 def window_layout(grid: tuple[int, int], window_size: int, shift: bool) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -129,7 +143,7 @@ class SkipAttentionBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.norm3 = nn.LayerNorm(dim)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path = drop_path_or_identity(drop_path)
 
     def attend(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         b, h, w, c = x.shape

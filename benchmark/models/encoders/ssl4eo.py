@@ -10,17 +10,22 @@ adaptation.
 from __future__ import annotations
 
 import logging
-from functools import partial
 from typing import Mapping, Sequence
 
 import torch
-from timm.layers import PatchEmbed, resize_rel_pos_bias_table, trunc_normal_
-from timm.models.beit import Block as BeitBlock
-from timm.models.beit import RelativePositionBias, gen_relative_position_index
 from torch import nn
 
+from benchmark.models.encoders.beit import (
+    BeitBlock,
+    RelativePositionBias,
+    bias_from_table,
+    relative_position_index,
+    resize_relative_position_table,
+    square_grid_side,
+)
 from benchmark.models.encoders.base import Encoder
 from benchmark.models.encoders.layout import CheckpointLayoutError, ReleaseLayout, check_band_count
+from benchmark.models.layers import PatchEmbed, trunc_normal_
 from benchmark.models.encoders.vit import (
     adapt_pos_embed,
     blocks_to_build,
@@ -37,11 +42,6 @@ log = logging.getLogger(__name__)
 
 # Every SSL4EO-S12 ViT (MAE, DINO, MoCo-v3 and BEiT/data2vec code) builds its LayerNorms with eps 1e-6.
 LAYER_NORM_EPS = 1e-6
-
-
-def rel_pos_table_rows(grid_hw: tuple[int, int]) -> int:
-    """Rows of a BEiT relative position bias table: one per 2-D offset, plus 3 for cls-token pairs."""
-    return (2 * grid_hw[0] - 1) * (2 * grid_hw[1] - 1) + 3
 
 
 def mocov3_pos_embed(dim: int, grid_hw: tuple[int, int]) -> torch.Tensor:
@@ -106,13 +106,7 @@ class SSL4EOMAE(Encoder):
         self.modality, bands = next(iter(self.input_bands.items()))
         self.embed_dim = embed_dim
         self.depth = depth
-        self.patch_embed = PatchEmbed(
-            img_size=self.input_size,
-            patch_size=patch_size,
-            in_chans=len(bands),
-            embed_dim=embed_dim,
-            strict_img_size=False,
-        )
+        self.patch_embed = PatchEmbed(patch_size, len(bands), embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         nn.init.normal_(self.cls_token, std=0.02)
         self._build_position_encoding(num_heads)
@@ -221,7 +215,7 @@ class SSL4EOData2Vec(SSL4EOMAE):
 
     Blocks (timm's BEiT blocks) have a bias-free ``qkv`` plus separate ``q_bias``/``v_bias`` and
     layer-scale ``gamma_1``/``gamma_2``; there is no absolute position embedding. The shared table
-    ``rel_pos_bias.relative_position_bias_table`` has :func:`rel_pos_table_rows` rows x heads; a table
+    ``rel_pos_bias.relative_position_bias_table`` has :func:`~benchmark.models.encoders.beit.table_rows` rows x heads; a table
     for another grid is resized (BEiT's geometric interpolation, logged).
     Arguments as :class:`SSL4EOMAE`.
     """
@@ -247,14 +241,7 @@ class SSL4EOData2Vec(SSL4EOMAE):
         self.rel_pos_bias = RelativePositionBias(self.grid_size, num_heads)
 
     def _make_block(self, embed_dim: int, num_heads: int, mlp_ratio: float) -> nn.Module:
-        return BeitBlock(
-            embed_dim,
-            num_heads,
-            qkv_bias=True,
-            mlp_ratio=mlp_ratio,
-            init_values=self.layer_scale_init,
-            norm_layer=partial(nn.LayerNorm, eps=LAYER_NORM_EPS),
-        )
+        return BeitBlock(embed_dim, num_heads, mlp_ratio, init_values=self.layer_scale_init, eps=LAYER_NORM_EPS)
 
     def _add_position(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         return x  # positions enter only as the attention bias
@@ -263,14 +250,8 @@ class SSL4EOData2Vec(SSL4EOMAE):
         """The shared bias (heads, 1 + h*w, 1 + h*w) for the input grid."""
         if grid == self.grid_size:
             return {"shared_rel_pos_bias": self.rel_pos_bias()}
-        table = self.rel_pos_bias.relative_position_bias_table
-        table = resize_rel_pos_bias_table(
-            table, new_window_size=grid, new_bias_shape=(rel_pos_table_rows(grid), table.shape[1])
-        )
-        index = gen_relative_position_index(grid, device=table.device)
-        tokens = grid[0] * grid[1] + 1
-        bias = table[index.view(-1)].view(tokens, tokens, -1).permute(2, 0, 1).contiguous()
-        return {"shared_rel_pos_bias": bias}
+        table = resize_relative_position_table(self.rel_pos_bias.relative_position_bias_table, grid)
+        return {"shared_rel_pos_bias": bias_from_table(table, relative_position_index(grid, table.device))}
 
     def _adapt_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Resize the shared relative position bias table to this model's grid (logged)."""
@@ -280,8 +261,8 @@ class SSL4EOData2Vec(SSL4EOMAE):
         expected = self.rel_pos_bias.relative_position_bias_table.shape
         if table.ndim != 2 or table.shape == expected:
             return  # identical grid, or a foreign shape that strict loading reports
-        old = (round((table.shape[0] - 3) ** 0.5) + 1) // 2
-        if rel_pos_table_rows((old, old)) != table.shape[0]:
+        old = square_grid_side(table.shape[0])
+        if old is None:
             raise CheckpointLayoutError(
                 f"{self.table_key} has {table.shape[0]} rows, which fits no square token grid; the file "
                 "is not an SSL4EO data2vec checkpoint or is damaged. Point encoder.encoder_weights at "
@@ -291,6 +272,4 @@ class SSL4EOData2Vec(SSL4EOMAE):
             "%s: resizing %s from a %dx%d to a %dx%d token grid",
             type(self).__name__, self.table_key, old, old, *self.grid_size,
         )
-        state_dict[self.table_key] = resize_rel_pos_bias_table(
-            table, new_window_size=self.grid_size, new_bias_shape=tuple(expected)
-        )
+        state_dict[self.table_key] = resize_relative_position_table(table, self.grid_size)

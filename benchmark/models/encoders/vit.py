@@ -4,13 +4,13 @@ building and running the blocks up to the deepest requested output."""
 from __future__ import annotations
 
 import logging
-from functools import partial
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from timm.models.vision_transformer import Block
 from torch import nn
+
+from benchmark.models.layers import ViTBlock
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +132,8 @@ def blocks_to_build(output_layers: Sequence[int], depth: int, owner: str) -> int
 
 
 def vit_block(embed_dim: int, num_heads: int, mlp_ratio: float, layer_norm_eps: float) -> nn.Module:
-    """timm's pre-norm ViT block with qkv bias, as the MAE-lineage releases (DOFA, Prithvi, SSL4EO) use."""
-    return Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=partial(nn.LayerNorm, eps=layer_norm_eps))
+    """The pre-norm ViT block with qkv bias, as the MAE-lineage releases (DOFA, Prithvi, SSL4EO) use."""
+    return ViTBlock(embed_dim, num_heads, mlp_ratio, qkv_bias=True, eps=layer_norm_eps)
 
 
 def unbuilt_blocks(prefix: str, built: int, depth: int) -> tuple[str, ...]:
