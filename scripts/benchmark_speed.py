@@ -51,7 +51,6 @@ from benchmark.models.encoders.base import architecture_config
 from benchmark.results import RunResult, read_results
 
 REPO = Path(__file__).resolve().parents[1]
-RUN_PY = REPO / "benchmark" / "run.py"
 COLUMNS = {
     "variant": "variant",
     "runs": "runs",
@@ -100,18 +99,25 @@ def children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_job(overrides: Sequence[str], work_dir: Path, nproc: int) -> tuple[float, float, RunResult]:
-    """Run one job in its own process(es); returns its wall and CPU time in seconds and its results."""
+def source_at(revision: str, folder: Path) -> Path:
+    """This repository's files at git ``revision``, extracted into ``folder`` (to time an earlier version)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", revision], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    return folder
+
+
+def run_job(overrides: Sequence[str], work_dir: Path, nproc: int, source: Path = REPO) -> tuple[float, float, RunResult]:
+    """Run one job in its own process(es) (with the code of ``source``, this repository by default); returns
+    its wall and CPU time in seconds and its results."""
     launcher = [sys.executable]
     if nproc > 1:
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    command = [*launcher, str(RUN_PY), *overrides, f"work_dir={work_dir}"]
+    command = [*launcher, str(source / "benchmark" / "run.py"), *overrides, f"work_dir={work_dir}"]
     before = set(work_dir.glob("*/results.json"))
     started, cpu = time.perf_counter(), children_cpu_seconds()
-    result = subprocess.run(
-        command, cwd=REPO, env={**os.environ, "HYDRA_FULL_ERROR": "1"},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    env = {**os.environ, "HYDRA_FULL_ERROR": "1", **({"PYTHONPATH": str(source)} if source != REPO else {})}
+    result = subprocess.run(command, cwd=source, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{result.stdout[-4000:]}")
     wall, cpu = time.perf_counter() - started, children_cpu_seconds() - cpu
@@ -218,6 +224,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         help='decoder configs, each with optional overrides ("seg_fcn decoder.channels=64"); default: the config\'s',
     )
     parser.add_argument("--seeds", nargs="*", default=[], help="seeds (default: the config's)")
+    parser.add_argument("--baseline", metavar="REV", help="with --sweep: also time the jobs as separate processes "
+                        "with the code of git revision REV (e.g. the commit a speed-up is claimed against)")
     parser.add_argument("--nproc", type=int, default=1, help="processes per job (torchrun)")
     parser.add_argument("--repeat", type=int, default=1, help="run all variants this many times, alternating")
     parser.add_argument("--random-weights", action="store_true", help="write random release-layout weights if missing")
@@ -236,7 +244,12 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         from sweep_speed import compare  # beside this script
 
         print(f"{len(jobs)} job(s), {args.repeat} repeat(s)\n")
-        print(compare(args.overrides, decoders, args.seeds, root, args.repeat, lambda job, wd: run_job(job, wd, 1)[0]))
+        baseline = None
+        if args.baseline:
+            source = source_at(args.baseline, root / f"source_{args.baseline}")
+            baseline = (args.baseline, lambda job, wd: run_job(job, wd, 1, source)[0])
+        print(compare(args.overrides, decoders, args.seeds, root, args.repeat, lambda job, wd: run_job(job, wd, 1)[0],
+                      baseline))
         print(f"load average {os.getloadavg()[0]:.1f} at the end")
         return []
     print(f"{len(jobs)} job(s) per variant, {args.nproc} process(es) per job, {args.repeat} repeat(s)\n")

@@ -11,7 +11,10 @@ process for all of them (a line per decoder, its seeds as a comma list), jobs on
 the same process with the frozen-encoder jobs of each seed trained together on one encoder pass. Per job, ``train`` is the training
 epochs (``cost.train_time_s`` of its results.json) and ``fixed`` everything else of the variant's
 wall time divided among its jobs: start-up, imports, data and model building, validation, test,
-writing. The table also says whether every job's test metrics came out the same in both variants.
+writing. The table also says whether every job's test metrics came out the same in all variants.
+
+``--baseline REV`` adds a first row: the same jobs as separate processes with the code of git revision
+REV (the version a speed-up is claimed against; its metrics may differ where the protocol changed since).
 """
 
 from __future__ import annotations
@@ -69,29 +72,48 @@ def row(variant: str, wall: float, runs: dict[tuple, RunResult]) -> dict[str, An
 
 
 def compare(overrides: Sequence[str], decoders: Sequence[list[str]], seeds: Sequence[str], root: Path, repeat: int,
-            run_separately: Any) -> str:
-    """Run both variants ``repeat`` times (alternating) and return the markdown table of their medians.
-    ``run_separately(overrides, work_dir)`` runs one job in its own process and returns its wall time."""
+            run_separately: Any, baseline: tuple[str, Any] | None = None) -> str:
+    """Run the variants ``repeat`` times (alternating) and return the markdown table of their medians.
+    ``run_separately(overrides, work_dir)`` runs one job in its own process and returns its wall time;
+    ``baseline``: (its revision, the same for the code of that revision), timed as a first row."""
     jobs = [[*decoder, *([f"seed={s}"] if s else [])] for decoder in decoders for s in seeds or [None]]
-    tables, same = [], True
+    variants: list[tuple[str, Any]] = [
+        ("separate processes", lambda folder: sum(run_separately([*overrides, *job], folder) for job in jobs)),
+        ("one shared process", lambda folder: run_shared(overrides, decoders, seeds, folder, lockstep=False)),
+        ("lockstep heads", lambda folder: run_shared(overrides, decoders, seeds, folder, lockstep=True))]
+    if baseline:
+        revision, run_at_revision = baseline
+        variants.insert(0, (f"separate processes at {revision}",
+                            lambda folder: sum(run_at_revision([*overrides, *job], folder) for job in jobs)))
+    tables, same, same_as_baseline = [], True, True
     for number in range(repeat):
-        dirs = [root / f"repeat{number}_{name}" for name in ("separate", "shared", "lockstep")]
-        walls = [sum(run_separately([*overrides, *job], dirs[0]) for job in jobs),
-                 run_shared(overrides, decoders, seeds, dirs[1], lockstep=False),
-                 run_shared(overrides, decoders, seeds, dirs[2], lockstep=True)]
+        dirs = [root / f"repeat{number}_variant{index}" for index in range(len(variants))]
+        walls = [run(folder) for (_, run), folder in zip(variants, dirs)]
         found = [runs_of(folder) for folder in dirs]
-        if any(f.keys() != found[0].keys() for f in found) or len(found[0]) != len(jobs):
+        if any(f.keys() != found[-1].keys() for f in found) or len(found[-1]) != len(jobs):
             raise SystemExit(f"expected the same {len(jobs)} completed jobs in {', '.join(map(str, dirs))}")
-        same &= all(f[key].test == found[0][key].test for f in found[1:] for key in found[0])
-        names = ("separate processes", "one shared process", "lockstep heads")
-        tables.append([row(name, wall, runs) for name, wall, runs in zip(names, walls, found)])
-        print(f"repeat {number + 1}: " + ", ".join(f"{n} {w:.1f} s" for n, w in zip(names, walls)), flush=True)
+        today = found[1:] if baseline else found
+        same &= all(f[key].test == today[0][key].test for f in today[1:] for key in today[0])
+        same_as_baseline &= not baseline or all(found[0][key].test == found[1][key].test for key in found[0])
+        tables.append([row(name, wall, runs) for (name, _), wall, runs in zip(variants, walls, found)])
+        print(f"repeat {number + 1}: " + ", ".join(f"{n} {w:.1f} s" for (n, _), w in zip(variants, walls)), flush=True)
+    return table(tables, baseline is not None) + (
+        f"\n\nsame test metrics in every job of today's variants: {'yes' if same else 'NO'}"
+        + (f"; at {baseline[0]}: {'the same' if same_as_baseline else 'other metrics (the protocol changed since)'}"
+           if baseline else ""))
+
+
+def table(tables: list[list[dict[str, Any]]], with_baseline: bool) -> str:
+    """Markdown table of the medians over repeats; speed-ups against today's separate processes (and the
+    baseline's, when there is one)."""
     medians = [{key: (statistics.median(t[i][key] for t in tables) if key not in ("variant", "jobs") else tables[0][i][key])
-                for key in tables[0][i]} for i in range(3)]
+                for key in tables[0][i]} for i in range(len(tables[0]))]
+    today = medians[1 if with_baseline else 0]["wall_s"]
+    extra = " speed-up against the baseline |" if with_baseline else ""
     lines = ["| variant | jobs | sweep wall (s) | per job (s) | training per job (s) | fixed per job (s) | fixed share | "
-             "speed-up |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "speed-up |" + extra, "|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if with_baseline else "")]
     for r in medians:
         lines.append(f"| {r['variant']} | {r['jobs']} | {r['wall_s']:.1f} | {r['per_job_s']:.2f} | {r['train_s']:.2f} | "
-                     f"{r['fixed_s']:.2f} | {100 * r['fixed_share']:.0f} % | {medians[0]['wall_s'] / r['wall_s']:.2f}x |")
-    lines.append(f"\nsame test metrics in every job of all variants: {'yes' if same else 'NO'}")
+                     f"{r['fixed_s']:.2f} | {100 * r['fixed_share']:.0f} % | {today / r['wall_s']:.2f}x |"
+                     + (f" {medians[0]['wall_s'] / r['wall_s']:.2f}x |" if with_baseline else ""))
     return "\n".join(lines)

@@ -66,20 +66,23 @@ def test_per_decoder_table_averages_seeds_and_takes_the_median_over_repeats() ->
     assert table[3] == "| seg_upernet | 60 | 30 | 2.00x | 3 | 2 | 1.50x |"
 
 
-@pytest.mark.acceptance  # three whole sweeps (about 40 s); the metric identity it checks is also in test_lockstep.py
+@pytest.mark.acceptance  # four whole sweeps (about 50 s); the metric identity it checks is also in test_lockstep.py
 def test_the_sweep_comparison_runs_all_variants_and_finds_the_same_metrics(synthetic_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     weights = tiny_weights_file(tmp_path / "mae.pth")
     overrides = [o for o in tiny_overrides(synthetic_root, tmp_path / "unused") if not o.startswith(("work_dir=", "decoder", "mode="))]
     overrides += ["mode=frozen", f"encoder.encoder_weights={weights}"]
     benchmark_speed.main(["--sweep", "--decoders", "seg_linear", "seg_fcn decoder.channels=16", "--seeds", "0",
-                          "--output", str(tmp_path / "out"), "--", *overrides])
+                          "--baseline", "HEAD", "--output", str(tmp_path / "out"), "--", *overrides])
     table = capsys.readouterr().out.split("| variant |", 1)[1].splitlines()
-    assert table[2].startswith("| separate processes | 2 |") and table[3].startswith("| one shared process | 2 |")
-    assert table[4].startswith("| lockstep heads | 2 |")
-    assert "same test metrics in every job of all variants: yes" in table
-    for variant in ("shared", "lockstep"):
-        assert len(list((tmp_path / "out").glob(f"repeat0_{variant}/*/results.json"))) == 2
-    lockstep_log = next((tmp_path / "out").glob("repeat0_lockstep/*seg_fcn*/train.log")).read_text()
+    assert table[0].endswith("| speed-up | speed-up against the baseline |")
+    assert table[2].startswith("| separate processes at HEAD | 2 |") and table[3].startswith("| separate processes | 2 |")
+    assert table[4].startswith("| one shared process | 2 |") and table[5].startswith("| lockstep heads | 2 |")
+    # the baseline ran the committed code (extracted by git), here the same as today's
+    assert "same test metrics in every job of today's variants: yes; at HEAD: the same" in table
+    assert (tmp_path / "out" / "source_HEAD" / "benchmark" / "run.py").is_file()
+    for variant in range(4):
+        assert len(list((tmp_path / "out").glob(f"repeat0_variant{variant}/*/results.json"))) == 2
+    lockstep_log = next((tmp_path / "out").glob("repeat0_variant3/*seg_fcn*/train.log")).read_text()
     assert "lockstep head 2 of 2" in lockstep_log, "the two frozen jobs shared the encoder pass"
 
 
