@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from benchmark.compat import dataset_arguments, dataset_frames, runs_per_frame
 from benchmark.data.loaders import EpochShuffleSampler, ShardSampler, make_loader
 from benchmark.data.preprocessing import PreprocessedDataset
+from benchmark.data.resident import ResidentTiles
 from benchmark.data.subsets import SUBSET_KEYS, requested_subset, restrict, train_subset
 from benchmark.distributed import DistContext, main_then_share
 from benchmark.engine.evaluator import Evaluator
@@ -132,11 +133,8 @@ def build_feature_cache(cfg: DictConfig, mode: str, model: Segmentor, ctx: DistC
 
 
 def check_train_batch(cfg: DictConfig, model: Segmentor, ctx: DistContext) -> None:
-    """Stop before any work when the decoder cannot train on ``batch_size`` samples per process.
-
-    SyncBatchNorm (DDP on CUDA) pools its statistics over all processes, so there the samples of every
-    process count.
-    """
+    """Stop before any work when the decoder cannot train on ``batch_size`` samples per process (under
+    SyncBatchNorm, DDP on CUDA, the samples of every process count)."""
     needed = getattr(model.decoder, "min_train_batch", 1)
     synced = any(isinstance(m, nn.SyncBatchNorm) for m in model.decoder.modules())
     samples = cfg.batch_size * (ctx.world_size if synced else 1)
@@ -164,10 +162,10 @@ def check_train_size(cfg: DictConfig, ctx: DistContext, samples: int) -> None:
 
 
 def loader_workers(num_workers: int, dataset: Dataset, ctx: DistContext) -> int:
-    """DataLoader workers for ``dataset``: none for cached features on CPU, where reading memory-mapped
-    rows costs less than shipping them from worker processes that compete for the same cores."""
+    """DataLoader workers for ``dataset``: none for a split held on the device, nor for cached features on CPU
+    (reading memory-mapped rows costs less than shipping them from workers competing for the same cores)."""
     cached = isinstance(dataset, (CachedTrainWindows, CachedEvalTiles))
-    return 0 if cached and ctx.device.type == "cpu" else num_workers
+    return 0 if isinstance(dataset, ResidentTiles) or (cached and ctx.device.type == "cpu") else num_workers
 
 
 def train_loader(
@@ -181,8 +179,10 @@ def train_loader(
         dataset = dataset if cached is None else cached
     check_train_size(cfg, ctx, len(dataset))
     sampler = EpochShuffleSampler(len(dataset), ctx.rank, ctx.world_size, seed=cfg.seed)
-    workers = loader_workers(cfg.num_workers, dataset, ctx)
-    return make_loader(dataset, sampler, cfg.batch_size, workers, ctx.device.type == "cuda", drop_last=True)
+    if cfg.get("data_on_device", False) and dataset is tiles:  # (cached features replace the tiles)
+        dataset = ResidentTiles(tiles, ctx.device, show_progress=ctx.is_main)
+    pin = ctx.device.type == "cuda" and not isinstance(dataset, ResidentTiles)
+    return make_loader(dataset, sampler, cfg.batch_size, loader_workers(cfg.num_workers, dataset, ctx), pin, drop_last=True)
 
 
 def eval_loader(

@@ -61,6 +61,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "cache_dtype": (_one_of("float16", "float32"), "float16 or float32"),
     "use_wandb": (lambda v: isinstance(v, bool), "true or false"),
     "freeze_encoder_norm": (lambda v: isinstance(v, bool), "true or false"),
+    "data_on_device": (lambda v: isinstance(v, bool), "true or false"),
     "tuned_from": (_optional(lambda v: isinstance(v, str) and v != ""), "null or the name of a tuning trial's run folder"),
 }
 # Modes whose pretrained encoder trains, so that its norm layers can be kept as released.

@@ -9,8 +9,9 @@
 #    fused AdamW; it must learn (test mIoU above the majority class's);
 # 3. the saved run tested again (test ckpt_dir=...) and one scene mapped (bf16 windows);
 # 4. training images/s of a ViT-B/16 + UPerNet at 224 px, frozen and unfrozen, fp32 vs bf16 vs bf16 +
-#    torch.compile (scripts/benchmark_speed.py);
-# 5. the training loader alone on the same data, 0 and 8 workers (scripts/loader_speed.py): can it feed them?
+#    torch.compile vs bf16 with the training split on the GPU (scripts/benchmark_speed.py);
+# 5. the training loader alone on the same data, 0 and 8 workers and the split held on the GPU
+#    (scripts/loader_speed.py): can it feed them?
 # Each step's log goes to the output folder; the script goes on after a failed step and exits 1 at the end.
 set -uo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -76,7 +77,7 @@ test_and_predict() {
 speed() {  # speed MODE
     "$PYTHON" scripts/benchmark_speed.py --random-weights --output "$WORK/speed_$1" \
         --variants "task.trainer.precision=fp32" "task.trainer.precision=bf16" \
-        "task.trainer.precision=bf16 task.trainer.compile=true" \
+        "task.trainer.precision=bf16 task.trainer.compile=true" "task.trainer.precision=bf16 data_on_device=true" \
         --decoders seg_upernet -- "mode=$1" cache=false dataset=synthetic_burnscars \
         "dataset.root_path=$WORK/speed_data" dataset.img_size=224 "${SPEED_DATA[@]}" \
         encoder=ssl4eo_mae_optical encoder.embed_dim=768 encoder.num_heads=12 \
@@ -85,7 +86,7 @@ speed() {  # speed MODE
 }
 
 loader() {  # the training loader alone on the speed data: can it feed the rates above?
-    "$PYTHON" scripts/loader_speed.py --workers 0 8 --epochs 2 -- cache=false dataset=synthetic_burnscars \
+    "$PYTHON" scripts/loader_speed.py --workers 0 8 --epochs 2 --resident --device cuda -- cache=false dataset=synthetic_burnscars \
         "dataset.root_path=$WORK/speed_data" dataset.img_size=224 "${SPEED_DATA[@]}" encoder=ssl4eo_mae_optical \
         batch_size=32
 }

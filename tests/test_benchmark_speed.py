@@ -94,6 +94,7 @@ def test_the_loader_script_counts_every_training_batch_of_each_epoch(synthetic_r
     epochs = loader_speed.loader_epochs(overrides, workers=1, epochs=2)
     # the full batches of 4 of the 18 training tiles (the last partial batch is dropped, as in training)
     assert [images for images, _ in epochs] == [16, 16] and all(seconds > 0 for _, seconds in epochs)
-    loader_speed.main(["--workers", "0", "--epochs", "2", "--", *overrides])
+    loader_speed.main(["--workers", "0", "--epochs", "2", "--resident", "--", *overrides])
     table = capsys.readouterr().out.splitlines()
     assert table[0] == "| workers | epoch 1 img/s | epoch 2 img/s |" and table[2].startswith("| 0 | ")
+    assert table[3].startswith("| split on cpu | ")

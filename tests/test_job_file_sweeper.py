@@ -4,14 +4,16 @@ config composed once."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
 from conftest import tiny_overrides
-from hydra_plugins.geofm_bench.job_file_sweeper import ComposedOnce, check_line, read_job_file
+from hydra_plugins.geofm_bench.job_file_sweeper import ComposedOnce, JobFileSweeper, check_line, read_job_file
 from test_sweep_shared import sweep
 
 
@@ -70,3 +72,14 @@ def test_the_launcher_gets_the_config_the_sweeper_checked_once_then_a_new_one() 
     checked = once.load_sweep_config(None, ["seed=1"])  # type: ignore[arg-type]
     assert once.load_sweep_config(None, ["seed=1"]) is checked and loader.calls == 1  # type: ignore[arg-type]
     assert once.load_sweep_config(None, ["seed=1"]).call == 2 and once.get_search_path() == "search path"  # type: ignore[arg-type]
+
+
+def test_a_line_without_an_experiment_takes_the_command_lines_lists_without_a_compose() -> None:
+    # The sweeper's state only (Hydra's plugin scan may have reloaded the class's base); not set up, so
+    # that a compose would fail.
+    sweeper = SimpleNamespace(params={"seed": "0,1"}, job_file="jobs.txt", hydra_context=None, config=None)
+    line_params = functools.partial(JobFileSweeper.line_params, sweeper)
+    assert line_params(["decoder=seg_fcn", "decoder.channels=16"], ["mode=frozen"]) == {"seed": "0,1"}
+    assert line_params([], []) == {"seed": "0,1"}
+    with pytest.raises(AssertionError):  # a line that selects an experiment is composed for its lists
+        line_params(["experiment=decoders"], [])

@@ -89,10 +89,13 @@ class JobFileSweeper(BasicSweeper):
         return self.run_batches()
 
     def line_params(self, line: Sequence[str], arguments: list[str]) -> dict[str, str]:
-        """``hydra.sweeper.params`` of a line's sweep: its experiment's own lists, say."""
-        if not line:
+        """``hydra.sweeper.params`` of a line's sweep: those of the experiment the line selects, composed with
+        the line; else the command line's (only ``experiment`` configs set sweep lists, and a line cannot set
+        ``hydra`` keys)."""
+        if line:
+            check_line(line, str(self.job_file))
+        if not any(o.lstrip("+~").split("=", 1)[0] == "experiment" for o in line):
             return dict(self.params)
-        check_line(line, str(self.job_file))
         assert self.hydra_context is not None and self.config is not None
         hydra_overrides = OmegaConf.to_container(self.config.hydra.overrides.hydra)
         line_config = self.hydra_context.config_loader.load_configuration(
