@@ -36,6 +36,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, open_dict
 
 from benchmark import CONFIG_DIR, lockstep, torchrun_jobs
+from benchmark.config_checks import config_problems
 from benchmark.models.segmentor import resolve_mode
 from benchmark.pipeline import hydra_choices, train
 from benchmark.results import completed_results
@@ -152,6 +153,16 @@ def run_job(cfg: DictConfig) -> float:
         log.error("job %s failed: its run folder holds the error; the sweep goes on", name)
         return math.nan
     return validation_score(cfg, completed_run(cfg))
+
+
+def job_problems(cfg: DictConfig) -> str | None:
+    """Why the job of composed sweep config ``cfg`` would stop at its start-up checks (one line per problem),
+    or None. The sweeper asks it of every job before the first one runs."""
+    job = copy.deepcopy(cfg)
+    with open_dict(job):
+        for key in SWEEP_DRIVER_KEYS:
+            job.pop(key, None)
+    return "\n      ".join(config_problems(job)) or None
 
 
 def job_config(cfg: DictConfig) -> DictConfig:

@@ -43,6 +43,18 @@ def test_a_mistake_on_the_last_line_stops_the_sweep_before_any_job_runs(syntheti
     assert "Launching" not in failed.stdout and not list((tmp_path / "wd").glob("*/config.yaml"))
 
 
+def test_a_job_failing_its_start_up_checks_stops_the_sweep_before_any_job_runs(synthetic_root: Path, tmp_path: Path) -> None:
+    jobs = tmp_path / "jobs.txt"
+    jobs.write_text("decoder=seg_fcn seed=0,1\ndecoder=seg_linear batch_size=0\n")
+    for dry_run in ([], ["dry_run=true"]):  # a dry run checks every job too
+        failed = sweep(["--jobs", str(jobs), *shared_overrides(synthetic_root, tmp_path / "wd"), *dry_run])
+        out = failed.stdout + failed.stderr
+        assert failed.returncode != 0 and "1 job(s) of the sweep cannot run; nothing was started" in out
+        assert "decoder=seg_linear:\n      batch_size=0: must be an integer >= 1" in out
+        assert "Launching" not in failed.stdout
+    assert not list((tmp_path / "wd").glob("*/config.yaml"))
+
+
 def test_a_missing_job_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(HydraException, match=f"--jobs {tmp_path / 'jobs.txt'}: no such file"):
         read_job_file(tmp_path / "jobs.txt")

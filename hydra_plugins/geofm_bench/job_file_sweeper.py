@@ -5,6 +5,9 @@ every job's config composed once.
   file is a sweep of its own (its overrides after the command line's, comma lists allowed, ``#`` comments):
   the jobs of all lines are expanded and their configs composed before the first job starts, so that a
   mistake on the last line stops the sweep before any work.
+- **Checked before the first job.** Every job's composed config also goes through ``check`` (a dotted
+  path: the application's own start-up checks), and the sweep stops with every problem found before any
+  job runs.
 - **Composed once.** Hydra's basic sweeper composes every job's config to check it, and the basic launcher
   composes it again to run it; here the launcher gets the checked config. Other launchers (which run jobs in
   other processes) compose their own.
@@ -21,9 +24,14 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_loader import ConfigLoader
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.plugins import Plugins
-from hydra.errors import HydraException
+from hydra.errors import CompactHydraException, HydraException
 from hydra.types import HydraContext, RunMode, TaskFunction
+from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
+
+
+class SweepCheckError(CompactHydraException):
+    """Jobs of the sweep failed their checks (Hydra prints it without a traceback)."""
 
 
 def read_job_file(path: Path) -> list[list[str]]:
@@ -63,9 +71,10 @@ class ComposedOnce:
 
 class JobFileSweeper(BasicSweeper):
     def __init__(self, max_batch_size: int | None = None, params: dict[str, str] | None = None,
-                 job_file: str | None = None) -> None:
+                 job_file: str | None = None, check: str | None = None) -> None:
         super().__init__(max_batch_size=max_batch_size, params=params)
         self.job_file = job_file
+        self.check = check
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
@@ -103,6 +112,22 @@ class JobFileSweeper(BasicSweeper):
             run_mode=RunMode.MULTIRUN)
         return dict(line_config.hydra.sweeper.params or {})
 
+    def check_jobs(self) -> None:
+        """Compose every job of every batch (Hydra's check) and put it through ``self.check``; raise with every
+        job's problems before any job runs."""
+        assert self.hydra_context is not None and self.config is not None
+        check = get_method(self.check) if self.check else None  # imported now, not at Hydra's plugin scan
+        problems = []
+        for batch in self.overrides:
+            for overrides in batch:
+                config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+                problem = check(config) if check else None
+                if problem:
+                    problems.append(f"{' '.join(overrides)}:\n      {problem}")
+        if problems:
+            raise SweepCheckError(f"{len(problems)} job(s) of the sweep cannot run; nothing was started:\n  - "
+                                 + "\n  - ".join(problems))
+
     def run_batches(self) -> list[Sequence[Any]]:
         """Hydra's basic sweep over ``self.overrides``, every batch checked (composed) before the first is
         launched (``max_batch_size`` only sizes the launches)."""
@@ -110,8 +135,7 @@ class JobFileSweeper(BasicSweeper):
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        for batch in self.overrides:
-            self.validate_batch_is_legal(batch)
+        self.check_jobs()
         returns, first = [], 0
         for batch in self.overrides:
             results = self.launcher.launch(batch, initial_job_idx=first)
