@@ -53,6 +53,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "task.trainer.eval_interval": (_at_least(1), "an integer >= 1 (epochs between validations)"),
     "task.trainer.log_interval": (_at_least(1), "an integer >= 1 (iterations between loss logs)"),
     "task.trainer.ckpt_interval": (_optional(_at_least(1)), "null or an integer >= 1 (epochs between kept checkpoints)"),
+    "task.trainer.resume_every_s": (lambda v: _is_number(v) and v >= 0, "a number >= 0 (seconds between last.pt writes)"),
     "task.trainer.grad_clip": (_optional(lambda v: _is_number(v) and v > 0), "null or a number > 0"),
     "task.trainer.precision": (_one_of("auto", "fp32", "bf16"), "auto, fp32 or bf16"),
     "task.evaluator.sliding_inference_batch": (_at_least(1), "an integer >= 1 (windows per forward pass)"),

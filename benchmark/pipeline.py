@@ -174,6 +174,7 @@ def build_trainer(
         eval_interval=trainer_cfg.eval_interval,
         log_interval=trainer_cfg.log_interval,
         ckpt_interval=trainer_cfg.ckpt_interval,
+        resume_every_s=trainer_cfg.resume_every_s,
         grad_clip=trainer_cfg.grad_clip,
         precision=trainer_cfg.precision,
         best_metric_key=trainer_cfg.best_metric_key,

@@ -34,6 +34,7 @@ SWEEP_DRIVER_KEYS = ("nproc_per_node", "isolate", "lockstep", "dry_run")
 EXECUTION_KEYS = frozenset({
     "work_dir", "run_dir", "resume", "device", "num_workers", "test_num_workers", "use_wandb",
     "wandb_project", "task.trainer.use_wandb", "task.trainer.log_interval", "task.trainer.ckpt_interval",
+    "task.trainer.resume_every_s",
     "dataset.root_path", "cache", "cache_dir", "data_on_device", "trusted_pickle_files", *SWEEP_DRIVER_KEYS,
 }) | IGNORED_KEYS
 # Overrides already spelled out in the run name.

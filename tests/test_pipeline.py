@@ -11,11 +11,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 
+from benchmark.engine.checkpoint import load_checkpoint
+from benchmark.engine.trainer import Trainer
 from benchmark.models.segmentor import resolve_mode
 from conftest import REPO, only_run_dir, run_benchmark, tiny_overrides
 from release_layouts import build_encoder, write_release_file
@@ -125,25 +128,34 @@ def test_torchrun_two_cpu_processes_complete_a_run_with_wandb_offline(synthetic_
     assert len(folders) == 1, "both ranks share one run folder"
 
 
+def kill_when(args: list[str], run_dir: Path, ready: Callable[[], bool]) -> None:
+    """Start ``benchmark/run.py ARGS run_dir=RUN_DIR`` and SIGKILL it as soon as ``ready()``."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    process = subprocess.Popen(
+        [sys.executable, "benchmark/run.py", *args, f"run_dir={run_dir}"],
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    while not ready() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (run_dir / "results.json").exists(), "the run was killed before it finished"
+
+
+def logged_epochs(run_dir: Path) -> int:
+    metrics = run_dir / "metrics.jsonl"
+    return len(metrics.read_text().splitlines()) if metrics.exists() else 0
+
+
 def test_resume_after_sigkill_ends_with_the_same_metrics(synthetic_root: Path, tmp_path: Path) -> None:
     args = tiny_overrides(synthetic_root, tmp_path / "wd") + ["task.trainer.n_epochs=4", "decoder.dropout=0.3"]
     run_benchmark(args + [f"run_dir={tmp_path / 'straight'}"])
     reference = read_results(tmp_path / "straight")
 
     killed = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
-    process = subprocess.Popen(
-        [sys.executable, "benchmark/run.py", *args, f"run_dir={killed}"],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    last = killed / "checkpoints" / "last.pt"
-    deadline = time.time() + 120
-    while not last.exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert not (killed / "results.json").exists(), "the run was killed before it finished"
-    first_epochs = len((killed / "metrics.jsonl").read_text().splitlines())
+    kill_when(args, killed, (killed / "checkpoints" / "last.pt").exists)
+    first_epochs = logged_epochs(killed)
     assert 1 <= first_epochs < 4
 
     run_benchmark(args + [f"run_dir={killed}", "resume=true"])
@@ -158,6 +170,33 @@ def test_resume_after_sigkill_ends_with_the_same_metrics(synthetic_root: Path, t
     again = run_benchmark(args + [f"run_dir={killed}", "resume=true"])
     assert "already completed" in again.stdout
     assert (killed / "results.json").stat().st_mtime_ns == stamp, "a finished run is not redone"
+
+
+def test_last_pt_after_validations_and_every_resume_every_s_and_a_resume_redoes_the_epochs_after_it(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
+    args = tiny_overrides(synthetic_root, tmp_path / "wd") + [
+        "task.trainer.n_epochs=4", "task.trainer.eval_interval=2", "task.trainer.resume_every_s=1000", "decoder.dropout=0.3"]
+    run_benchmark(args + [f"run_dir={tmp_path / 'straight'}"])
+    reference = read_results(tmp_path / "straight")
+    killed = tmp_path / "killed"
+    kill_when(args, killed, lambda: logged_epochs(killed) >= 3)  # epoch 3: logged, not validated, no last.pt
+    assert logged_epochs(killed) == 3
+    assert load_checkpoint(killed / "checkpoints" / "last.pt")["epoch"] == 1  # written after epoch 2 only
+    run_benchmark(args + [f"run_dir={killed}", "resume=true"])
+    resumed = read_results(killed)
+    assert resumed["test"]["confusion_matrix"] == reference["test"]["confusion_matrix"] and resumed["val"] == reference["val"]
+    assert [json.loads(l)["epoch"] for l in (killed / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+
+
+def test_last_pt_is_due_after_validations_or_once_resume_every_s_passed() -> None:
+    trainer = Trainer.__new__(Trainer)  # the cadence alone: no model needed
+    trainer.__dict__.update(n_epochs=6, eval_interval=3, resume_every_s=60.0, last_written=time.monotonic())
+    assert [trainer.resume_due(epoch) for epoch in range(6)] == [False, False, True, False, False, True]
+    trainer.last_written -= 61
+    assert all(trainer.resume_due(epoch) for epoch in range(6))
+    trainer.resume_every_s, trainer.last_written = 0.0, time.monotonic()
+    assert all(trainer.resume_due(epoch) for epoch in range(6))
 
 
 def test_existing_run_dir_is_not_overwritten_without_resume(trained_run: Path, tmp_path: Path) -> None:

@@ -38,7 +38,7 @@ def split_at_crop(steps: list[Any]) -> tuple[list[Any], list[Any]]:
     return list(steps[:first_random]), list(steps[first_random:])
 
 
-def to_device(sample: Sample, device: torch.device) -> Sample:
+def sample_on(sample: Sample, device: torch.device) -> Sample:
     return {**sample, "image": {m: x.to(device) for m, x in sample["image"].items()},
             "target": sample["target"].to(device)}
 
@@ -70,7 +70,7 @@ class ResidentTiles(Dataset):
             sample = dict(tiles.dataset[index])
             for step in before:
                 sample = step(sample, unused)
-            self.samples.append(to_device(sample, device))
+            self.samples.append(sample_on(sample, device))
             if index == 0:
                 check_fits(self.nbytes() * len(tiles.dataset), device)
         log.info("training split on %s: %d tiles, %.1f MiB", device, len(self.samples), self.nbytes() / 2**20)

@@ -67,9 +67,10 @@ def fit_in_lockstep(
             started = time.perf_counter()
             metrics = list(evaluator.evaluate_heads([t.model for t in trainers], desc=f"val {epoch + 1}"))
             seconds = (time.perf_counter() - started) / len(trainers)
+        write_last = lead.resume_due(epoch)  # one decision for all heads: they resume together
         for index, (trainer, state) in enumerate(zip(trainers, states)):
             with state.active(), focus(index):
-                trainer.finish_epoch(epoch, losses[index], metrics[index], seconds)
+                trainer.finish_epoch(epoch, losses[index], metrics[index], seconds, write_last)
 
 
 def train_epoch(trainers: Sequence[Trainer], states: Sequence[HeadRandomState], epoch: int, focus: Focus) -> list[float]:

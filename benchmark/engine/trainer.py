@@ -37,11 +37,8 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def training_forward(model: Segmentor, ctx: DistContext) -> Callable[[dict[str, Any], tuple[int, int]], torch.Tensor]:
-    """``forward(inputs, output_size)`` for training, with DDP over the trainable part only.
-
-    With a frozen encoder only the decoder is wrapped, and ``inputs`` may hold cached ``features``
-    instead of the ``image`` (see :func:`to_device`).
-    """
+    """``forward(inputs, output_size)`` for training, with DDP over the trainable part only: with a frozen
+    encoder only the decoder is wrapped, and ``inputs`` may hold cached ``features`` (:func:`to_device`)."""
     device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
     if model.encoder_trains:
         net = DistributedDataParallel(model, device_ids=device_ids) if ctx.distributed else model
@@ -64,13 +61,11 @@ class Trainer:
         optimizer, scheduler: the scheduler is stepped every iteration.
         train_loader: yields preprocessed training batches (or, frozen, cached encoder ``features``
             instead of the ``image``); its sampler has ``set_epoch``.
-        evaluator: validation evaluator.
-        run_dir: the run directory (``checkpoints/``, ``metrics.jsonl`` live there).
+        evaluator: validation evaluator; run_dir: the run directory (``checkpoints/``, ``metrics.jsonl``).
         n_epochs, eval_interval, log_interval, ckpt_interval: in epochs / iterations (log).
-        grad_clip: max gradient norm, or None.
-        precision: ``auto``, ``fp32`` or ``bf16``.
-        best_metric_key: validation metric to maximise.
-        use_wandb: log to Weights & Biases (rank 0; honours ``WANDB_MODE=offline``).
+        resume_every_s: seconds between ``last.pt`` writes (:meth:`resume_due`); 0 = every epoch.
+        grad_clip: max gradient norm, or None; precision: ``auto``, ``fp32`` or ``bf16``.
+        best_metric_key: validation metric to maximise; use_wandb: log to Weights & Biases (rank 0).
     """
 
     def __init__(
@@ -87,6 +82,7 @@ class Trainer:
         eval_interval: int = 1,
         log_interval: int = 10,
         ckpt_interval: int | None = None,
+        resume_every_s: float = 0.0,
         grad_clip: float | None = None,
         precision: str = "auto",
         best_metric_key: str = "mIoU",
@@ -105,6 +101,8 @@ class Trainer:
         self.eval_interval = max(1, int(eval_interval))
         self.log_interval = max(1, int(log_interval))
         self.ckpt_interval = int(ckpt_interval) if ckpt_interval else None
+        self.resume_every_s = float(resume_every_s)
+        self.last_written = time.monotonic()
         self.grad_clip = grad_clip
         self.precision = resolve_precision(precision, ctx.device)
         self.best_metric_key = best_metric_key
@@ -232,6 +230,11 @@ class Trainer:
     def is_eval_epoch(self, epoch: int) -> bool:
         return (epoch + 1) % self.eval_interval == 0 or epoch == self.n_epochs - 1
 
+    def resume_due(self, epoch: int) -> bool:
+        """Whether ``last.pt`` is written after ``epoch``: after every validation (so the last epoch, and any
+        new best.pt), else once ``resume_every_s`` passed since the last write (a resume redoes the rest)."""
+        return self.is_eval_epoch(epoch) or time.monotonic() - self.last_written >= self.resume_every_s
+
     def fit(self) -> dict[str, Any]:
         """Train to ``n_epochs``; returns the best validation metrics seen."""
         for epoch in range(self.start_epoch, self.n_epochs):
@@ -244,8 +247,10 @@ class Trainer:
             self.finish_epoch(epoch, train_loss, metrics, seconds)
         return self.best_val_metrics
 
-    def finish_epoch(self, epoch: int, train_loss: float, metrics: dict[str, Any] | None, eval_seconds: float) -> None:
-        """Log the epoch (with its validation ``metrics``, if it had one) and write its checkpoints."""
+    def finish_epoch(self, epoch: int, train_loss: float, metrics: dict[str, Any] | None, eval_seconds: float,
+                     write_last: bool | None = None) -> None:
+        """Log the epoch (with its validation ``metrics``, if it had one) and write its checkpoints (``last.pt``
+        if ``write_last``; None: if :meth:`resume_due`)."""
         line: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss, "train_images_per_s": self.epoch_images_per_s}
         improved = False
         if metrics is not None:
@@ -253,7 +258,7 @@ class Trainer:
             line.update({"split": "val", **metrics})
         else:
             log.info("epoch %d/%d  train loss %.4f", epoch + 1, self.n_epochs, train_loss)
-        self.save(epoch, line, improved)
+        self.save(epoch, line, improved, self.resume_due(epoch) if write_last is None else write_last)
 
     def record_validation(self, epoch: int, train_loss: float, metrics: dict[str, Any], seconds: float) -> bool:
         """Keep the validation ``metrics`` after ``epoch`` if they are the best so far (returns whether)."""
@@ -275,20 +280,19 @@ class Trainer:
             self.wandb_run.log({f"val/{k}": v for k, v in metrics.items() if isinstance(v, float)} | {"epoch": epoch + 1})
         return improved
 
-    def save(self, epoch: int, line: dict[str, Any], improved: bool) -> None:
-        """Log the epoch's line, then write best.pt (if improved), epoch_N.pt and last.pt (rank 0).
-
-        Every rank's random state goes into the checkpoints, so a resumed run draws what each rank would
-        have drawn. ``last.pt`` comes last: a resume truncates ``metrics.jsonl`` to its epoch.
-        """
+    def save(self, epoch: int, line: dict[str, Any], improved: bool, write_last: bool) -> None:
+        """Log the epoch's line, then write best.pt (if improved), epoch_N.pt and last.pt (if ``write_last``) on
+        rank 0. Every rank's random state goes into them, so a resumed run draws what each rank would have
+        drawn. ``last.pt`` comes last: a resume truncates ``metrics.jsonl`` to its epoch."""
         rng = all_gather_object(rng_state())
         if not self.ctx.is_main:
             return
         with open(self.run_dir / "metrics.jsonl", "a") as handle:
             handle.write(json.dumps(line) + "\n")
-        state = self.state(epoch, rng)
-        if improved:
-            save_checkpoint(self.checkpoint_dir / "best.pt", state)
-        if self.ckpt_interval and (epoch + 1) % self.ckpt_interval == 0:
-            save_checkpoint(self.checkpoint_dir / f"epoch_{epoch + 1}.pt", state)
-        save_checkpoint(self.checkpoint_dir / "last.pt", state)
+        kept = bool(self.ckpt_interval) and (epoch + 1) % self.ckpt_interval == 0
+        names = ["best.pt"] * improved + [f"epoch_{epoch + 1}.pt"] * kept + ["last.pt"] * write_last
+        state = self.state(epoch, rng) if names else {}
+        for name in names:
+            save_checkpoint(self.checkpoint_dir / name, state)
+        if write_last:
+            self.last_written = time.monotonic()
