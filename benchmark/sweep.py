@@ -155,24 +155,26 @@ def run_job(cfg: DictConfig) -> float:
     return validation_score(cfg, completed_run(cfg))
 
 
-def job_problems(cfg: DictConfig) -> str | None:
-    """Why the job of composed sweep config ``cfg`` would stop at its start-up checks (one line per problem),
-    or None. The sweeper asks it of every job before the first one runs."""
-    job = copy.deepcopy(cfg)
-    with open_dict(job):
-        for key in SWEEP_DRIVER_KEYS:
-            job.pop(key, None)
-    return "\n      ".join(config_problems(job)) or None
-
-
-def job_config(cfg: DictConfig) -> DictConfig:
-    """The job's config as ``benchmark/run.py`` gets it: driver keys dropped, ``resume=true`` unless given."""
+def without_driver_keys(cfg: DictConfig) -> DictConfig:
+    """A copy of composed sweep config ``cfg`` without the keys only the sweep driver knows."""
     job = copy.deepcopy(cfg)
     with open_dict(job):
         for key in SWEEP_DRIVER_KEYS:
             del job[key]
-        if not any(override_key(o) == "resume" for o in HydraConfig.get().overrides.task):
-            job.resume = True
+    return job
+
+
+def job_problems(cfg: DictConfig) -> str | None:
+    """Why the job of composed sweep config ``cfg`` would stop at its start-up checks (one line per problem),
+    or None. The sweeper asks it of every job before the first one runs."""
+    return "\n      ".join(config_problems(without_driver_keys(cfg))) or None
+
+
+def job_config(cfg: DictConfig) -> DictConfig:
+    """The job's config as ``benchmark/run.py`` gets it: driver keys dropped, ``resume=true`` unless given."""
+    job = without_driver_keys(cfg)
+    if not any(override_key(o) == "resume" for o in HydraConfig.get().overrides.task):
+        job.resume = True
     return job
 
 

@@ -62,7 +62,6 @@ class ResidentTiles(Dataset):
     def __init__(self, tiles: PreprocessedDataset, device: torch.device, show_progress: bool = True) -> None:
         before, self.steps = split_at_crop(tiles.steps)
         self.seed = tiles.seed
-        self.device = device
         unused = np.random.default_rng(0)  # deterministic steps draw nothing
         self.samples: list[Sample] = []
         for index in tqdm(range(len(tiles.dataset)), desc="training split to the device", disable=not show_progress,

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Attention", "DropPath", "Mlp", "PatchEmbed", "ViTBlock", "trunc_normal_"]
+__all__ = ["Attention", "DropPath", "Mlp", "PatchEmbed", "ViTBlock", "drop_path_or_identity", "trunc_normal_"]
 
 
 @torch.no_grad()
